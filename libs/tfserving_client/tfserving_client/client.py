@@ -1,0 +1,170 @@
+"""A TF Serving gRPC client for long-lived, forked, gevent-patched API workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import grpc
+import numpy as np
+
+from tfserving_client.protos.tensorflow_serving.apis import get_model_status_pb2, model_pb2, predict_pb2
+from tfserving_client.tensors import from_tensor_proto, to_tensor_proto
+
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_STATUS_METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
+
+# Batches of 320x320 float images and their masks exceed gRPC's 4 MB default.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Reconnect quickly after a model server restart; gRPC's default backoff grows to 120 s.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+# Only a model server that is not there (yet) is worth asking again: Predict has no side effects.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+
+# observer(method, model_name, seconds, status_code_name) -- for metrics, without a dependency on them.
+Observer = Callable[[str, str, float, str], None]
+
+
+class ModelServerError(Exception):
+    """A failed call, carrying the gRPC status so the HTTP layer can pick its answer."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictResult:
+    outputs: dict[str, np.ndarray]
+    model_name: str
+    model_version: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
+    error_message: str = ""
+
+
+class ModelServerClient:
+    """One persistent channel per process, opened on first use.
+
+    Opening lazily matters: gunicorn imports the app in the master and forks workers, and a gRPC
+    channel must not cross a fork. Under gevent, call `grpc.experimental.gevent.init_gevent()`
+    after monkey-patching and before the first call (service_kit's worker class does).
+    """
+
+    def __init__(self, address: str, *, timeout_seconds: float = 10.0, retries: int = 2,
+                 retry_backoff_seconds: float = 0.05, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 observer: Observer | None = None):
+        self.address = address
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self.max_message_bytes = max_message_bytes
+        self.observer = observer
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._channel: grpc.Channel | None = None
+        self._predict = None
+        self._get_model_status = None
+
+    def _ensure_channel(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            options = [("grpc.max_send_message_length", self.max_message_bytes),
+                       ("grpc.max_receive_message_length", self.max_message_bytes), *_CHANNEL_OPTIONS]
+            channel = grpc.insecure_channel(self.address, options=options)
+            self._predict = channel.unary_unary(
+                PREDICT_METHOD,
+                request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                response_deserializer=predict_pb2.PredictResponse.FromString,
+            )
+            self._get_model_status = channel.unary_unary(
+                GET_MODEL_STATUS_METHOD,
+                request_serializer=get_model_status_pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
+            )
+            self._channel, self._pid = channel, os.getpid()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None and self._pid == os.getpid():
+                self._channel.close()
+            self._channel = self._pid = None
+
+    def predict(self, model_name: str, inputs: Mapping[str, np.ndarray], *,
+                signature_name: str = "serving_default", version: int | None = None,
+                version_label: str | None = None, output_filter: list[str] | None = None,
+                timeout_seconds: float | None = None) -> PredictResult:
+        request = predict_pb2.PredictRequest(output_filter=output_filter or [])
+        _fill_model_spec(request.model_spec, model_name, signature_name, version, version_label)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(to_tensor_proto(value))
+        self._ensure_channel()
+        response = self._call("Predict", model_name, self._predict, request, timeout_seconds)
+        spec = response.model_spec
+        return PredictResult(
+            outputs={name: from_tensor_proto(tensor) for name, tensor in response.outputs.items()},
+            model_name=spec.name or model_name,
+            model_version=spec.version.value if spec.HasField("version") else None,
+        )
+
+    def model_status(self, model_name: str, *, timeout_seconds: float | None = None) -> list[VersionStatus]:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model_name
+        self._ensure_channel()
+        response = self._call("GetModelStatus", model_name, self._get_model_status, request, timeout_seconds)
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [VersionStatus(status.version, state_name(status.state), status.status.error_message)
+                for status in response.model_version_status]
+
+    def _call(self, method: str, model_name: str, stub, request, timeout_seconds: float | None):
+        """One deadline for the whole call, retries included: a caller never waits longer."""
+        deadline = time.monotonic() + (timeout_seconds or self.timeout_seconds)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                response = stub(request, timeout=max(deadline - started, 0.001))
+            except grpc.RpcError as error:
+                code = error.code() or grpc.StatusCode.UNKNOWN
+                self._observe(method, model_name, started, code.name)
+                backoff = self.retry_backoff_seconds * (2 ** attempt)
+                if code in _RETRYABLE and attempt < self.retries and time.monotonic() + backoff < deadline:
+                    attempt += 1
+                    time.sleep(backoff)
+                    continue
+                raise ModelServerError(code, error.details() or code.name) from None
+            self._observe(method, model_name, started, "OK")
+            return response
+
+    def _observe(self, method: str, model_name: str, started: float, code: str) -> None:
+        if self.observer is not None:
+            self.observer(method, model_name, time.monotonic() - started, code)
+
+
+def _fill_model_spec(spec: model_pb2.ModelSpec, name: str, signature_name: str,
+                     version: int | None, version_label: str | None) -> None:
+    spec.name = name
+    spec.signature_name = signature_name
+    if version is not None and version_label is not None:
+        raise ValueError("give a version or a version label, not both")
+    if version is not None:
+        spec.version.value = version
+    elif version_label is not None:
+        spec.version_label = version_label
