@@ -1,0 +1,80 @@
+"""Every failure leaves as `{"error": {"code", "message", "request_id"}}` with the right status,
+never as an HTML page or a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from flask import Flask, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from tfserving_client import ModelServerError
+
+log = logging.getLogger("service_kit.errors")
+
+
+class ApiError(Exception):
+    """A request the service refuses; `code` is a stable machine-readable slug."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+}
+
+
+def from_model_server(error: ModelServerError, retry_after_seconds: int) -> ApiError:
+    """The model server's gRPC status as the HTTP answer a caller can act on."""
+    retry = {"Retry-After": str(retry_after_seconds)}
+    if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return ApiError(503, "model_unavailable", "the model server is unavailable; retry shortly", retry)
+    if error.code == grpc.StatusCode.NOT_FOUND:
+        return ApiError(503, "model_not_loaded", f"the model is not loaded: {error.details}", retry)
+    if error.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return ApiError(504, "model_timeout", "the model did not answer within its deadline")
+    return ApiError(502, "model_error", f"the model server failed: {error.code.name}")
+
+
+def error_response(error: ApiError):
+    body = {"error": {"code": error.code, "message": error.message, "request_id": g.get("request_id")}}
+    response = jsonify(body)
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        return error_response(error)
+
+    @app.errorhandler(ModelServerError)
+    def model_server_error(error: ModelServerError):
+        log.warning("model server call failed: %s", error)
+        return error_response(from_model_server(error, retry_after_seconds))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        headers = {}
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return error_response(ApiError(status, code, error.description or error.name, headers))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(ApiError(500, "internal_error", "internal error; see the service log"))

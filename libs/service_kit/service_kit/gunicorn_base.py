@@ -1,0 +1,62 @@
+"""gunicorn settings shared by every API service, in containers and in local mode alike.
+
+A service's own `gunicorn.conf.py` star-imports this and sets `wsgi_app`. Each value can be
+changed per deployment with the environment variable named beside it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+
+from service_kit.logs import LOGCONFIG
+
+bind = [os.environ.get("API_BIND", "0.0.0.0:8000")]
+# gevent: one worker holds many slow connections while it waits on the model server. The work
+# that is CPU-bound (JSON, jieba, OpenCV) wants about one worker per core.
+worker_class = "service_kit.worker.GrpcGeventWorker"
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+# A worker silent for this long is killed and replaced; requests have their own, shorter deadlines.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# On SIGTERM, requests in flight get this long to finish.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+# Idle keep-alive connections are closed after this long. Longer than nginx's upstream
+# keepalive_timeout (4 s), so nginx closes them first and never reuses one gunicorn just closed;
+# short, because a stopping worker waits for its idle connections too (up to graceful_timeout).
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+# Recycle workers now and then (bounded memory growth), staggered so they do not restart together.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "50000"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "5000"))
+# Workers build the app themselves, after gevent has patched them (see service_kit.worker).
+preload_app = False
+# Several instances run side by side in local mode; the control socket would be shared.
+control_socket_disable = True
+# The app writes one JSON line per request (with the request id); gunicorn's own lines are JSON too.
+accesslog = None
+errorlog = "-"
+logconfig_dict = LOGCONFIG
+# Metrics from all workers of this instance are summed at /metrics (see service_kit.metrics).
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="api-metrics-")
+
+
+def on_starting(server) -> None:
+    """Start every instance with empty metrics: old files would be counted again."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

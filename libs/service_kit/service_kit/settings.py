@@ -1,0 +1,61 @@
+"""Configuration from environment variables; each variable's name and default are declared once,
+on the settings class of the service that reads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="ServiceSettings")
+
+
+def env(name: str, default: Any) -> Any:
+    """A settings field read from the environment variable `name`."""
+    return dataclasses.field(default=default, metadata={"env": name})
+
+
+def _parse(raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    return kind(raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    """What every service needs to reach its model; services subclass this with their own limits."""
+
+    tfserving_address: str = env("TFSERVING_GRPC_ADDRESS", "127.0.0.1:8500")
+    model_name: str = env("MODEL_NAME", "")
+    model_signature: str = env("MODEL_SIGNATURE", "serving_default")
+    model_timeout_seconds: float = env("MODEL_TIMEOUT_SECONDS", 10.0)
+    model_retries: int = env("MODEL_RETRIES", 2)
+    readiness_cache_seconds: float = env("READINESS_CACHE_SECONDS", 1.0)
+    retry_after_seconds: int = env("RETRY_AFTER_SECONDS", 1)
+    max_body_bytes: int = env("MAX_BODY_BYTES", 1024 * 1024)
+
+    @classmethod
+    def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+        """Read every field's variable; a value that does not parse stops the service at start."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.metadata.get("env")
+            if name and name in environ:
+                try:
+                    values[field.name] = _parse(environ[name], hints[field.name])
+                except ValueError as error:
+                    raise ValueError(f"environment variable {name}: {error}") from None
+        return cls(**{**values, **overrides})
+
+    @classmethod
+    def variables(cls) -> dict[str, Any]:
+        """Environment variable -> default, for docs and for the test that keeps them in sync."""
+        return {f.metadata["env"]: f.default for f in dataclasses.fields(cls) if "env" in f.metadata}

@@ -1,0 +1,82 @@
+"""service_kit pieces on their own: settings from the environment, base64, content negotiation, logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+
+import pytest
+from flask import Flask, request
+
+from service_kit.errors import ApiError
+from service_kit.inputs import decode_base64, wants_json
+from service_kit.logs import JsonFormatter
+from service_kit.settings import ServiceSettings
+from tests.conftest import REPO_ROOT
+from text_api.settings import TextApiSettings
+from vision_api.settings import VisionApiSettings
+
+
+def test_settings_read_the_environment_with_types():
+    settings = TextApiSettings.from_env({"MODEL_TIMEOUT_SECONDS": "2.5", "MAX_LINES": "8",
+                                         "TFSERVING_GRPC_ADDRESS": "tfserving:8500"})
+    assert settings.model_timeout_seconds == 2.5 and settings.max_lines == 8
+    assert settings.tfserving_address == "tfserving:8500"
+    assert settings.model_name == "lstm" and TextApiSettings.from_env({}).max_lines == 64
+
+
+def test_a_bad_value_names_its_variable():
+    with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):
+        VisionApiSettings.from_env({"MAX_IMAGE_PIXELS": "lots"})
+
+
+def test_every_service_shares_the_base_variable_names():
+    base = set(ServiceSettings.variables())
+    assert base <= set(TextApiSettings.variables()) and base <= set(VisionApiSettings.variables())
+    assert VisionApiSettings.variables()["MODEL_NAME"] == "cv_sod"
+
+
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_base64_standard_or_urlsafe_with_or_without_padding(encode):
+    raw = bytes(range(256))
+    text = encode(raw).decode()
+    assert decode_base64(text, "x") == raw
+    assert decode_base64(text.rstrip("="), "x") == raw
+
+
+def test_bad_base64_is_a_400():
+    with pytest.raises(ApiError) as caught:
+        decode_base64("ab$cd", "img")
+    assert caught.value.status == 400 and caught.value.code == "invalid_base64"
+
+
+@pytest.mark.parametrize(("accept", "query", "expected"), [
+    ("", "", False),
+    ("*/*", "", False),
+    ("application/json", "", True),
+    ("image/png, application/json;q=0.5", "", False),
+    ("image/png", "?format=json", True),
+])
+def test_content_negotiation(accept, query, expected):
+    app = Flask(__name__)
+    with app.test_request_context("/cv_sod" + query, headers={"Accept": accept} if accept else {}):
+        assert wants_json(request) is expected
+
+
+def test_log_lines_are_json_with_extra_fields():
+    record = logging.LogRecord("service_kit.access", logging.INFO, __file__, 1, "request", None, None)
+    record.request_id, record.status = "abc", 200
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "request" and line["request_id"] == "abc" and line["status"] == 200
+    assert line["level"] == "info" and line["ts"].endswith("+00:00")
+
+
+def test_every_variable_is_documented():
+    documented = (REPO_ROOT / "services" / "README.md").read_text()
+    gunicorn_base = (REPO_ROOT / "libs" / "service_kit" / "service_kit" / "gunicorn_base.py").read_text()
+    names = {*TextApiSettings.variables(), *VisionApiSettings.variables(),
+             *re.findall(r'os\.environ\.get\("([A-Z_]+)"', gunicorn_base)}
+    missing = sorted(name for name in names if f"`{name}`" not in documented)
+    assert not missing, f"undocumented in services/README.md: {missing}"

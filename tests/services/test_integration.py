@@ -1,0 +1,163 @@
+"""The real services: gunicorn (gevent workers) with each service's own gunicorn.conf.py, talking
+gRPC to the real model server over loopback; every route and error over real sockets."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from tests.conftest import free_port
+from tests.services.conftest import start_api
+from tests.services.vision_api.conftest import encode, png_claiming
+
+
+def workers(instance) -> list[psutil.Process]:
+    return psutil.Process(instance.process.process.pid).children()
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def photo_jpeg() -> bytes:
+    from skimage import data
+
+    return encode(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), ".jpg")
+
+
+def test_text_routes_answer_with_the_model(text_api):
+    url = text_api.url
+    positive, negative = "这个产品质量很好，我非常喜欢", "太差了，用了两天就坏了，退货"
+    one = requests.post(f"{url}/lstm", json={"line": positive}, timeout=10)
+    assert one.status_code == 200, one.text
+    assert one.json()["label"] == "POS" and one.json()["model_version"] == 1
+    assert sum(one.json()["probabilities"]) == pytest.approx(1, abs=1e-4)
+    many = requests.post(f"{url}/lstm", json={"lines": [positive, negative]}, timeout=10).json()
+    assert [r["label"] for r in many["results"]] == ["POS", "NEG"]
+    assert many["results"][0]["probabilities"] == pytest.approx(one.json()["probabilities"], abs=1e-5)
+    got = requests.get(f"{url}/lstm", params={"line": b64(negative.encode())}, timeout=10).json()
+    assert got["label"] == "NEG"
+    documents_get = requests.get(f"{url}/lstm/predict?line={b64(positive.encode())}", timeout=10).json()
+    documents_post = requests.post(f"{url}/lstm/predict", data=json.dumps({"line": negative}), timeout=10).json()
+    assert documents_get["status"] == 0 and documents_get["labels"] == "POS" and documents_get["classes_id"] == 1
+    assert documents_post["labels"] == "NEG" and len(documents_post["softmax"]) == 2
+
+
+def test_text_errors_over_sockets_leave_workers_alive(text_api):
+    before = {p.pid for p in workers(text_api)}
+    url = text_api.url
+    cases = [
+        (requests.post(f"{url}/lstm", data="{", headers={"Content-Type": "application/json"}), 400),
+        (requests.post(f"{url}/lstm", data=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400),
+        (requests.get(f"{url}/lstm?line=!!!"), 400),
+        (requests.get(f"{url}/no/such/route"), 404),
+        (requests.put(f"{url}/lstm", json={"line": "好"}), 405),
+        (requests.post(f"{url}/lstm", json={"line": "好" * 5000}), 413),
+        (requests.post(f"{url}/lstm", data="x" * 600_000, headers={"Content-Type": "application/json"}), 413),
+        (requests.post(f"{url}/lstm", data="line=x", headers={"Content-Type": "text/plain"}), 415),
+        (requests.post(f"{url}/lstm", json={"line": " \u3000\t"}), 422),
+    ]
+    for reply, status in cases:
+        assert reply.status_code == status, (reply.request.method, reply.request.url, reply.text)
+        assert reply.headers["Content-Type"] == "application/json"
+        assert set(reply.json()["error"]) == {"code", "message", "request_id"}
+        assert "Traceback" not in reply.text
+    assert requests.post(f"{url}/lstm", json={"line": "还行"}, timeout=10).status_code == 200
+    assert {p.pid for p in workers(text_api)} == before, "no worker died or restarted"
+
+
+def test_vision_routes_return_masks_at_the_original_size(vision_api, photo_jpeg):
+    url = vision_api.url
+    height, width = 400, 600  # skimage's coffee photo
+    forms = [
+        requests.post(f"{url}/cv_sod", data=photo_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30),
+        requests.post(f"{url}/cv_sod", files={"img": ("coffee.jpg", io.BytesIO(photo_jpeg))}, timeout=30),
+        requests.post(f"{url}/cv_sod", json={"img": base64.b64encode(photo_jpeg).decode()}, timeout=30),
+        requests.get(f"{url}/cv_sod", params={"img": b64(encode(np.zeros((60, 90, 3), np.uint8)))}, timeout=30),
+    ]
+    for reply in forms:
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["Content-Type"] == "image/png"
+        mask = cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert mask.dtype == np.uint8 and mask.ndim == 2
+    assert cv2.imdecode(np.frombuffer(forms[0].content, np.uint8), 0).shape == (height, width)
+    assert cv2.imdecode(np.frombuffer(forms[3].content, np.uint8), 0).shape == (60, 90)
+    as_json = requests.post(f"{url}/cv_sod/predict", files={"img": ("c.jpg", io.BytesIO(photo_jpeg))}, timeout=30)
+    assert as_json.json()["status"] == 0 and (as_json.json()["width"], as_json.json()["height"]) == (width, height)
+    assert base64.b64decode(as_json.json()["mask_png"]) == forms[0].content, "same image, same mask"
+
+
+def test_vision_errors_over_sockets(vision_api):
+    url = vision_api.url
+    before = {p.pid for p in workers(vision_api)}
+    cases = [
+        (requests.post(f"{url}/cv_sod", data=b"GIF89a\x0a\x00\x0a\x00garbage",
+                       headers={"Content-Type": "image/gif"}), 400),
+        (requests.post(f"{url}/cv_sod", data=b"<svg/>", headers={"Content-Type": "image/svg+xml"}), 415),
+        (requests.post(f"{url}/cv_sod", data=b"hello", headers={"Content-Type": "text/plain"}), 415),
+        (requests.post(f"{url}/cv_sod", data=png_claiming(100_000, 100_000),
+                       headers={"Content-Type": "image/png"}), 413),
+        (requests.post(f"{url}/cv_sod", data=b"", headers={"Content-Type": "image/png"}), 422),
+        (requests.delete(f"{url}/cv_sod"), 405),
+    ]
+    for reply, status in cases:
+        assert reply.status_code == status, (reply.request.url, reply.text)
+        assert reply.json()["error"]["code"]
+    assert {p.pid for p in workers(vision_api)} == before
+
+
+def test_health_readiness_metrics_and_request_ids(text_api):
+    url = text_api.url
+    assert requests.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(f"{url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["available_versions"] == [1]
+    for _ in range(20):  # spread over both workers
+        requests.post(f"{url}/lstm", json={"line": "好"}, headers={"X-Request-ID": "it-test-42"}, timeout=10)
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    line = next(x for x in metrics.splitlines()
+                if x.startswith('http_requests_total{method="POST",route="/lstm",status="200"}'))
+    assert float(line.split()[-1]) >= 20, "counts from every worker are summed"
+    assert 'model_server_request_duration_seconds_count{method="Predict",model="lstm"}' in metrics
+    log_lines = [json.loads(x) for x in text_api.process.log_text().splitlines() if x.startswith("{")]
+    assert any(x.get("request_id") == "it-test-42" and x.get("status") == 200 for x in log_lines)
+
+
+def test_api_workers_do_not_load_tensorflow(text_api, vision_api):
+    for instance in (text_api, vision_api):
+        for worker in workers(instance):
+            maps = open(f"/proc/{worker.pid}/maps").read()
+            assert "tensorflow" not in maps, "an API worker mapped a TensorFlow library"
+
+
+def test_model_server_down_gives_a_fast_503_with_retry_after(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    instance = start_api("text-api", dead, tmp_path / "log", 1, env={"MODEL_TIMEOUT_SECONDS": "3"})
+    try:
+        started = time.monotonic()
+        reply = requests.post(f"{instance.url}/lstm", json={"line": "好"}, timeout=10)
+        assert reply.status_code == 503 and reply.headers["Retry-After"]
+        assert reply.json()["error"]["code"] == "model_unavailable"
+        assert time.monotonic() - started < 3, "no request waits past its deadline"
+        assert requests.get(f"{instance.url}/readyz", timeout=5).status_code == 503
+    finally:
+        instance.process.stop()
+
+
+def test_deadline_passed_is_a_504(model_server, tmp_path, photo_jpeg):
+    instance = start_api("vision-api", model_server.grpc_address, tmp_path / "log", 1,
+                         env={"MODEL_TIMEOUT_SECONDS": "0.002"})
+    try:
+        reply = requests.post(f"{instance.url}/cv_sod", data=photo_jpeg,
+                              headers={"Content-Type": "image/jpeg"}, timeout=10)
+        assert reply.status_code == 504 and reply.json()["error"]["code"] == "model_timeout"
+    finally:
+        instance.process.stop()

@@ -1,0 +1,109 @@
+"""vision-api's HTTP layer against a stand-in model client: the image in every request form,
+the mask as PNG or JSON, and the errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from tests.services.vision_api.conftest import encode, photo, png_claiming
+from vision_api import create_app
+from vision_api.settings import VisionApiSettings
+
+
+@pytest.fixture
+def client(vision_client_fake):
+    return create_app(VisionApiSettings(max_body_bytes=2_000_000), client=vision_client_fake).test_client()
+
+
+def read_png(data: bytes) -> np.ndarray:
+    assert data.startswith(b"\x89PNG")
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+IMAGE = encode(photo(90, 120), ".png")
+
+
+def check_mask(mask: np.ndarray) -> None:
+    """At the caller's size, bright where the square was."""
+    assert mask.shape == (90, 120) and mask.dtype == np.uint8
+    assert mask[45, 60] == 255 and mask[5, 5] == 0
+
+
+@pytest.mark.parametrize("form", ["raw", "multipart", "json", "get"])
+def test_every_request_form_returns_the_mask(client, vision_client_fake, form):
+    if form == "raw":
+        reply = client.post("/cv_sod", data=IMAGE, content_type="image/png")
+    elif form == "multipart":
+        reply = client.post("/cv_sod", data={"img": (io.BytesIO(IMAGE), "x.png")})
+    elif form == "json":
+        reply = client.post("/cv_sod", json={"img": base64.b64encode(IMAGE).decode()})
+    else:
+        reply = client.get("/cv_sod?img=" + base64.urlsafe_b64encode(IMAGE).decode().rstrip("="))
+    assert reply.status_code == 200 and reply.mimetype == "image/png"
+    assert reply.headers["X-Model-Version"] == "1"
+    check_mask(read_png(reply.data))
+    sent = vision_client_fake.calls[-1]["inputs"]["img_in"]
+    assert sent.shape == (1, 320, 320, 3) and sent.dtype == np.float32
+
+
+def test_json_reply_when_asked(client):
+    for reply in (client.post("/cv_sod?format=json", data=IMAGE, content_type="image/png"),
+                  client.post("/cv_sod", data=IMAGE, content_type="image/png", headers={"Accept": "application/json"})):
+        assert reply.status_code == 200 and reply.is_json
+        assert reply.json["width"] == 120 and reply.json["height"] == 90 and reply.json["model_version"] == 1
+        check_mask(read_png(base64.b64decode(reply.json["mask_png"])))
+
+
+def test_documents_route_answers_json_with_status(client):
+    reply = client.post("/cv_sod/predict", data={"img": (io.BytesIO(IMAGE), "x.png")})
+    assert reply.status_code == 200 and reply.json["status"] == 0
+    check_mask(read_png(base64.b64decode(reply.json["mask_png"])))
+    assert "img_out" not in reply.json, "the documents' pickled array is never sent"
+    get = client.get("/cv_sod/predict?img=" + base64.urlsafe_b64encode(IMAGE).decode())
+    assert get.status_code == 200 and get.json["status"] == 0
+
+
+def test_rgba_gray_and_16_bit_inputs(client):
+    rgba = np.dstack([photo(90, 120), np.full((90, 120), 255, np.uint8)])
+    gray = photo(90, 120)[:, :, 0]
+    deep = photo(90, 120).astype(np.uint16) * 257
+    for image in (rgba, gray, deep):
+        reply = client.post("/cv_sod", data=encode(image), content_type="image/png")
+        assert reply.status_code == 200
+        check_mask(read_png(reply.data))
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({"data": b"hello", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+    ({"data": b"hello", "content_type": "image/png"}, 415, "not_an_image"),
+    ({"data": b"", "content_type": "image/png"}, 422, "empty_image"),
+    ({"data": png_claiming(100_000, 100_000), "content_type": "image/png"}, 413, "image_too_large"),
+    ({"data": b"x" * 2_000_001, "content_type": "image/png"}, 413, "payload_too_large"),
+    ({"json": {"img": "***"}}, 400, "invalid_base64"),
+    ({"json": {"image": "abc"}}, 400, "missing_field"),
+    ({"data": "{broken", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": {"other": (io.BytesIO(IMAGE), "x.png")}}, 400, "missing_field"),
+])
+def test_bad_requests_get_json_errors(client, vision_client_fake, kwargs, status, code):
+    reply = client.post("/cv_sod", **kwargs)
+    assert reply.status_code == status and reply.is_json
+    assert reply.json["error"]["code"] == code
+    assert not vision_client_fake.calls
+
+
+def test_get_without_image_and_bad_base64(client):
+    assert client.get("/cv_sod").json["error"]["code"] == "missing_field"
+    assert client.get("/cv_sod?img=%%%").json["error"]["code"] == "invalid_base64"
+
+
+def test_model_server_down_is_a_fast_503(client, vision_client_fake):
+    vision_client_fake.fail_with = grpc.StatusCode.UNAVAILABLE
+    reply = client.post("/cv_sod", data=IMAGE, content_type="image/png")
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+    assert reply.json["error"]["code"] == "model_unavailable"
