@@ -88,7 +88,8 @@ def start_api(service: str, model_server: str, log_path: Path, workers: int = 1,
         [sys.executable, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"), "--chdir", str(service_dir)],
         log_path,
         env={"TFSERVING_GRPC_ADDRESS": model_server, "API_BIND": f"127.0.0.1:{port}",
-             "WEB_CONCURRENCY": str(workers), **(env or {})},
+             "WEB_CONCURRENCY": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "metrics"),
+             **(env or {})},
     )
     instance = ApiInstance(f"http://127.0.0.1:{port}", process)
 

@@ -1,0 +1,44 @@
+"""What local mode takes from compose.yaml, so that both modes run with the same settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO_ROOT / "compose.yaml"
+MODEL_REPOSITORY = REPO_ROOT / "tfserving" / "models"
+API_SERVICES = ("text-api", "vision-api")
+# Flags local mode sets itself: loopback ports chosen at start.
+_LOCAL_FLAGS = ("--port=", "--rest_api_port=")
+# Where compose mounts the model repository inside the TF Serving container.
+CONTAINER_MODEL_ROOT = "/models"
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposeSettings:
+    model_server_flags: list[str]  # tfserving's command, minus the ports
+    environments: dict[str, dict[str, str]]  # API service -> its environment
+    model_names: list[str]  # from models.config, to know when the model server is ready
+
+
+def load(compose_file: Path = COMPOSE_FILE, repository: Path = MODEL_REPOSITORY) -> ComposeSettings:
+    services = yaml.safe_load(compose_file.read_text())["services"]
+    flags = [_on_this_machine(flag, repository) for flag in services["tfserving"]["command"]
+             if not flag.startswith(_LOCAL_FLAGS)]
+    environments = {name: {key: str(value) for key, value in services[name].get("environment", {}).items()}
+                    for name in API_SERVICES}
+    config_file = next(f.split("=", 1)[1] for f in flags if f.startswith("--model_config_file="))
+    config_text = Path(config_file).read_text()
+    return ComposeSettings(flags, environments, re.findall(r'^\s*name:\s*"([^"]+)"', config_text, re.MULTILINE))
+
+
+def _on_this_machine(flag: str, repository: Path) -> str:
+    """`--x=/models/file` (a path in the container) -> `--x=<repository>/file`."""
+    name, sep, value = flag.partition("=")
+    if sep and value.startswith(CONTAINER_MODEL_ROOT + "/"):
+        return f"{name}={repository / value[len(CONTAINER_MODEL_ROOT) + 1:]}"
+    return flag

@@ -1,0 +1,118 @@
+"""Child processes that are restarted when they die, like compose's `restart: unless-stopped`."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+RESTART_BACKOFF_MAX_SECONDS = 10.0
+# A process that stayed up this long has recovered: its next crash restarts it at once again.
+HEALTHY_RUN_SECONDS = 30.0
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the launcher dies (even by SIGKILL), the child gets
+    SIGTERM, so no process outlives the stack."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def http_ok(url: str, must_contain: tuple[str, ...] = ()) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                body = reply.read().decode("utf-8", "replace")
+                return reply.status == 200 and all(text in body for text in must_contain)
+        except OSError:
+            return False
+
+    return check
+
+
+@dataclasses.dataclass
+class ServiceSpec:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    ready: Callable[[], bool]
+    address: str  # what to print: where it listens
+
+
+class SupervisedProcess:
+    def __init__(self, spec: ServiceSpec, say: Callable[[str], None]):
+        self.spec = spec
+        self.say = say
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self._crashes_in_a_row = 0
+        self._restart_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> None:
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spec.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.spec.args, cwd=self.spec.cwd, env=self.spec.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self.started_at = time.monotonic()
+        self._restart_at = None
+
+    def check(self) -> None:
+        """Notice an exit and restart after a backoff that grows while it keeps crashing."""
+        if self.process is None:
+            return
+        now = time.monotonic()
+        if self._restart_at is not None:
+            if now >= self._restart_at:
+                self.restarts += 1
+                self.say(f"restarting {self.spec.name} (restart #{self.restarts})")
+                self.start()
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        self._kill_group(signal.SIGKILL)  # leftovers, e.g. gunicorn workers of a killed master
+        ran_for = now - self.started_at
+        self._crashes_in_a_row = 0 if ran_for > HEALTHY_RUN_SECONDS else self._crashes_in_a_row + 1
+        delay = min(RESTART_BACKOFF_MAX_SECONDS, 0.5 * 2 ** self._crashes_in_a_row) if self._crashes_in_a_row else 0.0
+        self.say(f"{self.spec.name} exited with code {code} after {ran_for:.1f}s; restarting in {delay:.1f}s "
+                 f"(log: {self.spec.log_path})")
+        self._restart_at = now + delay
+
+    def stop(self, timeout: float) -> None:
+        if self.process is None:
+            return
+        self._restart_at = None
+        if self.process.poll() is None:
+            started = time.monotonic()
+            self._kill_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+                self.say(f"{self.spec.name} stopped in {time.monotonic() - started:.1f}s")
+            except subprocess.TimeoutExpired:
+                self.say(f"{self.spec.name} did not stop within {timeout:.0f}s; killing it")
+        self._kill_group(signal.SIGKILL)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _kill_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

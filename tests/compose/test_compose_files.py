@@ -1,0 +1,122 @@
+"""compose.yaml and compose.gpu.yaml, checked statically (no Docker engine runs here): valid
+against the compose specification, and shaped the way the system needs."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+from tests.conftest import REPO_ROOT
+
+
+def interpolated(path: Path) -> dict:
+    """The file as compose reads it with no variables set: `${VAR:-default}` -> default, `$$` -> `$`."""
+    text = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), path.read_text())
+    return yaml.safe_load(text.replace("$$", "$"))
+
+
+COMPOSE = interpolated(REPO_ROOT / "compose.yaml")
+GPU = interpolated(REPO_ROOT / "compose.gpu.yaml")
+SERVICES = COMPOSE["services"]
+APIS = ("text-api", "vision-api")
+DOCKERFILES = sorted((REPO_ROOT / "services").glob("*/Dockerfile"))
+
+
+def merged_with_gpu() -> dict:
+    """What `docker compose -f compose.yaml -f compose.gpu.yaml` sees (mappings merge)."""
+
+    def merge(base, override):
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {k: merge(base[k], v) if k in base else v for k, v in override.items()} | \
+                {k: v for k, v in base.items() if k not in override}
+        return override
+
+    return merge(copy.deepcopy(COMPOSE), GPU)
+
+
+@pytest.mark.parametrize("document", [COMPOSE, merged_with_gpu()], ids=["compose", "compose+gpu"])
+def test_valid_compose_specification(document):
+    parsed = PyCompose.from_yaml(yaml.safe_dump(document))
+    assert sorted(parsed.service_names()) == ["nginx", "text-api", "tfserving", "vision-api"]
+
+
+def test_only_nginx_publishes_a_port_and_nothing_pins_a_container_name():
+    for name, service in SERVICES.items():
+        assert "container_name" not in service, name
+        assert ("ports" in service) == (name == "nginx"), name
+
+
+def test_every_service_restarts_has_a_health_check_and_limits():
+    for name, service in SERVICES.items():
+        assert service["restart"] in ("unless-stopped", "always"), name
+        assert service["healthcheck"]["test"], name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+
+
+def test_start_order_waits_for_health():
+    for api in APIS:
+        assert SERVICES[api]["depends_on"] == {"tfserving": {"condition": "service_healthy"}}
+    assert SERVICES["nginx"]["depends_on"] == {api: {"condition": "service_healthy"} for api in APIS}
+
+
+def test_tf_serving_is_pinned_reads_the_repository_read_only_and_batches():
+    tfserving = SERVICES["tfserving"]
+    image, _, tag = tfserving["image"].partition(":")
+    assert image == "tensorflow/serving" and tag[:1].isdigit(), "a pinned version, not latest"
+    assert "./tfserving/models:/models:ro" in tfserving["volumes"]
+    flags = tfserving["command"]
+    for flag in ("--model_config_file=/models/models.config", "--enable_batching",
+                 "--batching_parameters_file=/models/batching.config"):
+        assert flag in flags
+    assert "curl" not in str(tfserving["healthcheck"]), "the image has no curl"
+    model_server_version = tag.split("-")[0]
+    pinned = (REPO_ROOT / "requirements" / "model-server.txt").read_text()
+    assert f"tensorflow-cpu=={model_server_version}" in pinned, "export with the TF version the image runs"
+
+
+def test_api_services_build_from_their_own_dockerfiles_and_reach_tf_serving_by_name():
+    for api in APIS:
+        assert SERVICES[api]["build"]["dockerfile"] == f"services/{api}/Dockerfile"
+        assert SERVICES[api]["environment"]["TFSERVING_GRPC_ADDRESS"] == "tfserving:8500"
+
+
+def test_gpu_override_swaps_the_image_and_reserves_a_gpu():
+    tfserving = merged_with_gpu()["services"]["tfserving"]
+    assert tfserving["image"].endswith("-gpu")
+    assert tfserving["image"].split(":")[1].removesuffix("-gpu") == SERVICES["tfserving"]["image"].split(":")[1]
+    device = tfserving["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert tfserving["environment"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert tfserving["command"] == SERVICES["tfserving"]["command"], "same flags on GPU"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint_is_clean(dockerfile):
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_api_images_run_gunicorn_from_the_shared_config_as_non_root_without_tensorflow(api):
+    dockerfile = (REPO_ROOT / "services" / api / "Dockerfile").read_text()
+    assert 'CMD ["gunicorn", "-c", "gunicorn.conf.py"]' in dockerfile
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert user and user[-1] not in ("root", "0")
+    assert "HEALTHCHECK" in dockerfile
+    requirements = (REPO_ROOT / "services" / api / "requirements.txt").read_text().lower().splitlines()
+    assert not [line for line in requirements if "tensorflow" in line and not line.startswith("#")]
+
+
+def test_nginx_image_renders_the_shared_template_and_runs_unprivileged():
+    dockerfile = (REPO_ROOT / "services" / "nginx" / "Dockerfile").read_text()
+    assert "render.py compose" in dockerfile and "nginx-unprivileged" in dockerfile
+    version = dockerfile.split("nginx-unprivileged:")[1].split("-")[0]
+    assert tuple(map(int, version.split("."))) >= (1, 27, 3), "upstream `resolve` needs nginx 1.27.3+"
