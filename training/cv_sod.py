@@ -181,7 +181,7 @@ def main() -> None:
     parser = training_parser(__doc__, "cv_sod")
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--width", type=int, default=12, help="channels of the first stage")
     parser.add_argument("--learning-rate", type=float, default=3e-3)

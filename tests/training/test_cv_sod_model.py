@@ -52,7 +52,7 @@ def test_generated_examples_are_deterministic_and_have_objects():
 def test_metrics_file_records_held_out_quality():
     metrics = json.loads((MODEL_REPOSITORY / "cv_sod" / "metrics.v1.json").read_text())
     assert set(metrics) >= {"mae", "max_f_measure", "s_measure", "held_out_images"}
-    assert metrics["mae"] <= 0.05
+    assert metrics["mae"] <= 0.03, "the target of the model issue"
 
 
 def test_example_pictures_are_committed():
