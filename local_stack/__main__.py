@@ -13,33 +13,17 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from local_stack import compose_file
-from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok
+from local_stack import compose_file, topology
+from local_stack.processes import SupervisedProcess
 
 REPO_ROOT = compose_file.REPO_ROOT
-NGINX_DIR = REPO_ROOT / "services" / "nginx"
-STOP_TIMEOUT_SECONDS = 25.0
 
 
 def say(message: str) -> None:
     print(f"local_stack: {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def find_nginx() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if not found:
-        sys.exit("local_stack: nginx is not installed; scripts/bootstrap.sh installs it (apt-get install nginx)")
-    return found
 
 
 def parse_scale(values: list[str]) -> dict[str, int]:
@@ -52,65 +36,9 @@ def parse_scale(values: list[str]) -> dict[str, int]:
     return scale
 
 
-def build_specs(args: argparse.Namespace, run_dir: Path, nginx_temp: Path) -> list[ServiceSpec]:
-    settings = compose_file.load()
-    logs = run_dir / "logs"
-    grpc_port, rest_port = free_port(), free_port()
-    python = sys.executable
-    base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    model_check = [http_ok(f"http://127.0.0.1:{rest_port}/v1/models/{name}", ("AVAILABLE",))
-                   for name in settings.model_names]
-    specs = [ServiceSpec(
-        name="model-server",
-        args=[python, "-m", "model_server", "--listen_address=127.0.0.1", f"--port={grpc_port}",
-              f"--rest_api_port={rest_port}", *settings.model_server_flags,
-              f"--rebase_model_base_path={compose_file.CONTAINER_MODEL_ROOT}={compose_file.MODEL_REPOSITORY}"],
-        env={**base_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tfserving"), str(REPO_ROOT)])},
-        cwd=REPO_ROOT, log_path=logs / "model-server.log",
-        ready=lambda: all(check() for check in model_check),
-        address=f"gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}",
-    )]
-    upstreams: dict[str, list[str]] = {}
-    for service, count in parse_scale(args.scale).items():
-        service_dir = REPO_ROOT / "services" / service
-        for index in range(1, count + 1):
-            port = free_port()
-            upstreams.setdefault(service, []).append(f"127.0.0.1:{port}")
-            env = {**base_env, **settings.environments[service],
-                   "TFSERVING_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "API_BIND": f"127.0.0.1:{port}"}
-            # Each instance sums its own workers' metrics; emptied by gunicorn at every (re)start.
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics" / f"{service}-{index}")
-            # The same gunicorn.conf.py the service's container runs.
-            gunicorn = [python, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"),
-                        "--chdir", str(service_dir)]
-            specs.append(ServiceSpec(
-                name=f"{service}-{index}",
-                args=gunicorn,
-                env=env, cwd=service_dir, log_path=logs / f"{service}-{index}.log",
-                ready=http_ok(f"http://127.0.0.1:{port}/readyz"), address=f"http://127.0.0.1:{port}",
-            ))
-    sys.path.insert(0, str(NGINX_DIR))
-    import render  # services/nginx/render.py: the template both modes share
-
-    nginx_dir = run_dir / "nginx"
-    nginx_dir.mkdir(parents=True, exist_ok=True)
-    values = render.values_for_local(f"{args.host}:{args.http_port}", nginx_dir, upstreams["text-api"],
-                                     upstreams["vision-api"])
-    values["temp_dir"] = str(nginx_temp)
-    (nginx_dir / "nginx.conf").write_text(render.render(values))
-    specs.append(ServiceSpec(
-        name="nginx",
-        args=[find_nginx(), "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
-              "-e", str(nginx_dir / "error.log"), "-g", "daemon off;"],
-        env=base_env, cwd=nginx_dir, log_path=logs / "nginx.log",
-        ready=http_ok(f"http://127.0.0.1:{args.http_port}/nginx-health"),
-        address=f"http://{args.host}:{args.http_port}",
-    ))
-    return specs
-
-
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx binds: TIME_WAIT is no obstacle
         try:
             sock.bind((host, port))
         except OSError:
@@ -129,32 +57,25 @@ def up(args: argparse.Namespace) -> int:
     if not port_is_free(args.host, args.http_port):
         sys.exit(f"local_stack: port {args.http_port} is taken; choose another with --http-port")
     run_dir.mkdir(parents=True, exist_ok=True)
-    # nginx workers (user nobody when started as root) must reach their temp dirs; /tmp is safe.
-    nginx_temp = Path(tempfile.mkdtemp(prefix="local-stack-nginx-"))
-    nginx_temp.chmod(0o755)
-    processes = [SupervisedProcess(spec, say) for spec in build_specs(args, run_dir, nginx_temp)]
+    options = topology.Options(run_dir=run_dir, http_port=args.http_port, host=args.host,
+                               scale=parse_scale(args.scale))
+    nginx_temp = topology.nginx_temp_dir()
+    processes = [SupervisedProcess(spec, say) for spec in topology.build_specs(options, nginx_temp)]
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     started = time.monotonic()
     try:
-        for process in processes:
-            process.start()
-        _write_state(state_file, processes)
         say(f"starting {len(processes)} processes; logs in {run_dir / 'logs'}")
-        pending = list(processes)
-        while pending and not stopping:
-            if time.monotonic() - started > args.ready_timeout:
-                names = ", ".join(p.spec.name for p in pending)
-                say(f"not ready after {args.ready_timeout:.0f}s: {names}; see their logs")
-                return 1
-            for process in processes:
-                process.check()
-            pending = [p for p in pending if not p.spec.ready()]
-            time.sleep(0.2)
+        not_ready = topology.start_and_wait(processes, args.ready_timeout, lambda: bool(stopping))
+        _write_state(state_file, processes)
         if stopping:
             return 0
+        if not_ready:
+            names = ", ".join(p.spec.name for p in not_ready)
+            say(f"not ready after {args.ready_timeout:.0f}s: {names}; see their logs")
+            return 1
         say(f"ready in {time.monotonic() - started:.1f}s")
         for process in processes:
             say(f"  {process.spec.name:<14} {process.spec.address}")
@@ -170,8 +91,7 @@ def up(args: argparse.Namespace) -> int:
         return 0
     finally:
         say("stopping")
-        for process in reversed(processes):  # nginx first, the model server last
-            process.stop(STOP_TIMEOUT_SECONDS)
+        topology.stop_all(processes)
         state_file.unlink(missing_ok=True)
         shutil.rmtree(nginx_temp, ignore_errors=True)
         say("stopped")
@@ -186,7 +106,7 @@ def down(args: argparse.Namespace) -> int:
     pid = state["launcher_pid"]
     if _alive(pid):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS * 3
+        deadline = time.monotonic() + topology.STOP_TIMEOUT_SECONDS * 3
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
     _kill_groups(state.get("process_groups", []))

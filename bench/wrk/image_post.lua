@@ -1,11 +1,16 @@
--- wrk script: POST an image file as the raw body (path in the IMAGE environment variable).
---   IMAGE=photo.jpg wrk -c32 -d20s -s bench/wrk/image_post.lua http://127.0.0.1:8001/cv_sod
-local path = os.getenv("IMAGE")
-local file = assert(io.open(path, "rb"))
-local body = file:read("*a")
-file:close()
-local content_type = path:match("%.png$") and "image/png" or "image/jpeg"
+-- wrk script: POST images as raw bodies, rotating through the files named in IMAGES
+-- (comma-separated paths; .png is sent as image/png, anything else as image/jpeg).
+--   IMAGES=a.jpg,b.png wrk -c32 -d20s -s bench/wrk/image_post.lua http://127.0.0.1:8080/cv_sod
+local bodies = {}
+for path in string.gmatch(os.getenv("IMAGES"), "[^,]+") do
+  local file = assert(io.open(path, "rb"))
+  table.insert(bodies, {file:read("*a"), path:match("%.png$") and "image/png" or "image/jpeg"})
+  file:close()
+end
+counter = 0
 
 request = function()
-  return wrk.format("POST", nil, {["Content-Type"] = content_type}, body)
+  counter = counter + 1
+  local body = bodies[(counter % #bodies) + 1]
+  return wrk.format("POST", nil, {["Content-Type"] = body[2]}, body[1])
 end

@@ -39,6 +39,9 @@ class ServiceSettings:
     readiness_cache_seconds: float = env("READINESS_CACHE_SECONDS", 1.0)
     retry_after_seconds: int = env("RETRY_AFTER_SECONDS", 1)
     max_body_bytes: int = env("MAX_BODY_BYTES", 1024 * 1024)
+    # Coalesce this worker's concurrent requests into one Predict call (service_kit.batching).
+    model_batching: bool = env("MODEL_BATCHING", True)
+    model_max_batch_size: int = env("MODEL_MAX_BATCH_SIZE", 64)
 
     @classmethod
     def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:

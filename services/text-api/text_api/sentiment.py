@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from model_preprocessing.text import load_dictionary, pad_batch, segment
+from service_kit.batching import MicroBatcher
 from service_kit.errors import ApiError
 from service_kit.metrics import MODEL_BATCH_SIZE
 from text_api.settings import TextApiSettings
@@ -28,7 +29,8 @@ class SentimentModel:
     def __init__(self, client: ModelServerClient, settings: TextApiSettings):
         self.client = client
         self.settings = settings
-        load_dictionary()  # about 1 s, paid at worker start rather than by the first caller
+        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size) if settings.model_batching else None
+        load_dictionary()  # a no-op when gunicorn.conf.py loaded it in the master already
 
     def check_texts(self, texts: list[str]) -> list[list[str]]:
         """Segment every text, refusing the request before any model call if one is unusable."""
@@ -46,6 +48,14 @@ class SentimentModel:
 
     def classify(self, texts: list[str]) -> SentimentBatch:
         sentences = self.check_texts(texts)
+        if self.batcher is None:
+            answers = self._predict(sentences)
+        else:  # together with this worker's other requests of the moment
+            answers = self.batcher.submit(sentences, timeout=self.settings.model_timeout_seconds + 1)
+        return SentimentBatch([sentiment for sentiment, _ in answers], answers[0][1])
+
+    def _predict(self, sentences: list[list[str]]) -> list[tuple[Sentiment, int | None]]:
+        """One Predict call for any number of sentences (padding never changes an answer)."""
         words, nwords = pad_batch(sentences)
         MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(sentences))
         result = self.client.predict(
@@ -53,8 +63,6 @@ class SentimentModel:
             signature_name=self.settings.model_signature,
         )
         labels, class_ids, softmax = (result.outputs[k] for k in ("labels", "classes_id", "softmax"))
-        return SentimentBatch(
-            results=[Sentiment(label.decode("utf-8"), int(class_id), [round(float(p), 6) for p in row])
-                     for label, class_id, row in zip(labels, class_ids, softmax)],
-            model_version=result.model_version,
-        )
+        return [(Sentiment(label.decode("utf-8"), int(class_id), [round(float(p), 6) for p in row]),
+                 result.model_version)
+                for label, class_id, row in zip(labels, class_ids, softmax)]

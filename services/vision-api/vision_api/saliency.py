@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import cv2
 import numpy as np
 
-from model_preprocessing.image import mask_to_image, model_input, to_rgb8
+from model_preprocessing.image import MODEL_SIZE, mask_to_image, model_input, to_rgb8
+from service_kit.batching import MicroBatcher
+from service_kit.errors import ApiError
 from service_kit.metrics import MODEL_BATCH_SIZE
 from tfserving_client import ModelServerClient
 from vision_api.image_decoding import decode_image
@@ -26,17 +29,38 @@ class SaliencyModel:
     def __init__(self, client: ModelServerClient, settings: VisionApiSettings):
         self.client = client
         self.settings = settings
+        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size) if settings.model_batching else None
+        # Decoded images are large; a gevent worker would otherwise hold one per open connection.
+        self.in_flight = threading.BoundedSemaphore(settings.max_images_in_flight)
 
     def mask(self, image_bytes: bytes) -> SaliencyMask:
-        rgb = to_rgb8(decode_image(image_bytes, self.settings.max_image_pixels))
-        height, width = rgb.shape[:2]
-        MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(1)
-        result = self.client.predict(
-            self.settings.model_name, {"img_in": model_input(rgb)[np.newaxis]},
-            signature_name=self.settings.model_signature, output_filter=["img_out"],
-        )
-        mask = mask_to_image(result.outputs["img_out"][0], height, width)
+        if not self.in_flight.acquire(timeout=self.settings.model_timeout_seconds):
+            raise ApiError(503, "busy", "too many images in progress; retry shortly",
+                           {"Retry-After": str(self.settings.retry_after_seconds)})
+        try:
+            return self._mask(image_bytes)
+        finally:
+            self.in_flight.release()
+
+    def _mask(self, image_bytes: bytes) -> SaliencyMask:
+        image, width, height = decode_image(image_bytes, self.settings.max_image_pixels, min_side=MODEL_SIZE)
+        example = model_input(to_rgb8(image))
+        del image
+        if self.batcher is None:
+            [(saliency, version)] = self._predict([example])
+        else:  # together with this worker's other requests of the moment
+            [(saliency, version)] = self.batcher.submit([example], timeout=self.settings.model_timeout_seconds + 1)
+        mask = mask_to_image(saliency, height, width)
         ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, self.settings.png_compression])
         if not ok:
             raise RuntimeError("PNG encoding of the mask failed")
-        return SaliencyMask(png.tobytes(), width, height, result.model_version)
+        return SaliencyMask(png.tobytes(), width, height, version)
+
+    def _predict(self, examples: list[np.ndarray]) -> list[tuple[np.ndarray, int | None]]:
+        """One Predict call for a stack of prepared images."""
+        MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(examples))
+        result = self.client.predict(
+            self.settings.model_name, {"img_in": np.stack(examples)},
+            signature_name=self.settings.model_signature, output_filter=["img_out"],
+        )
+        return [(saliency, result.model_version) for saliency in result.outputs["img_out"]]

@@ -31,17 +31,18 @@ def test_header_size_of_every_accepted_format(data, kind):
 
 
 def test_pixel_layouts_decode():
-    gray = decode_image(encode(np.full((5, 6), 100, np.uint8)), LIMIT)
+    gray, width, height = decode_image(encode(np.full((5, 6), 100, np.uint8)), LIMIT)
+    assert (width, height) == (6, 5)
     assert gray.shape == (5, 6)
-    deep = decode_image(encode(np.full((5, 6, 3), 60000, np.uint16)), LIMIT)
+    deep, _, _ = decode_image(encode(np.full((5, 6, 3), 60000, np.uint16)), LIMIT)
     assert deep.dtype == np.uint16
-    rgba = decode_image(encode(np.zeros((5, 6, 4), np.uint8)), LIMIT)
+    rgba, _, _ = decode_image(encode(np.zeros((5, 6, 4), np.uint8)), LIMIT)
     assert rgba.shape == (5, 6, 4)
-    cmyk = decode_image(pil_bytes(Image.new("CMYK", (6, 5), (0, 255, 0, 0)), "JPEG"), LIMIT)
+    cmyk, _, _ = decode_image(pil_bytes(Image.new("CMYK", (6, 5), (0, 255, 0, 0)), "JPEG"), LIMIT)
     assert cmyk.shape == (5, 6, 3)
     frames = [Image.new("RGB", (6, 5), c) for c in ("red", "blue")]
     animated = pil_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    assert decode_image(animated, LIMIT).shape[:2] == (5, 6)
+    assert decode_image(animated, LIMIT)[0].shape[:2] == (5, 6)
 
 
 @pytest.mark.parametrize(("data", "status", "code"), [
@@ -74,8 +75,19 @@ def test_size_limit_is_checked_before_decoding(monkeypatch):
 def test_truncated_jpeg_decodes_what_is_there_or_is_refused():
     data = encode(photo(200, 200), ".jpg")
     try:
-        image = decode_image(data[: len(data) // 2], LIMIT)
+        image, _, _ = decode_image(data[: len(data) // 2], LIMIT)
     except ApiError as error:
         assert error.status == 400
     else:
         assert image.shape == (200, 200, 3)
+
+
+def test_large_jpegs_are_decoded_reduced_but_report_their_full_size():
+    big = encode(photo(1400, 2000), ".jpg")
+    image, width, height = decode_image(big, LIMIT, min_side=320)
+    assert (width, height) == (2000, 1400)
+    assert image.shape[:2] == (350, 500), "decoded at 1/4: still at least 320 on the short side"
+    full, _, _ = decode_image(big, LIMIT)
+    assert full.shape[:2] == (1400, 2000)
+    small, _, _ = decode_image(encode(photo(500, 600), ".jpg"), LIMIT, min_side=320)
+    assert small.shape[:2] == (500, 600), "not reduced below the model's size"

@@ -107,3 +107,15 @@ def test_model_server_down_is_a_fast_503(client, vision_client_fake):
     reply = client.post("/cv_sod", data=IMAGE, content_type="image/png")
     assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
     assert reply.json["error"]["code"] == "model_unavailable"
+
+
+def test_too_many_images_at_once_is_a_503_not_unbounded_memory(vision_client_fake):
+    app = create_app(VisionApiSettings(max_images_in_flight=1, model_timeout_seconds=0.05), client=vision_client_fake)
+    model = app.extensions["saliency_model"]
+    assert model.in_flight.acquire()  # one image is being worked on
+    try:
+        reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
+    finally:
+        model.in_flight.release()
+    assert reply.status_code == 503 and reply.json["error"]["code"] == "busy" and reply.headers["Retry-After"]
+    assert app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png").status_code == 200

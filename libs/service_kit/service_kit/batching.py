@@ -1,0 +1,97 @@
+"""Coalescing concurrent requests of one worker into one model call.
+
+A gevent worker holds hundreds of requests at once; sending each as its own Predict costs a gRPC
+round trip and a model-server dispatch per sentence. Here each request hands its examples to a
+queue and waits; a batcher loop takes everything queued (up to `max_batch_size`), makes ONE call,
+and hands each request its rows. Nothing waits on purpose: a lone request goes out at once, and
+requests that arrive while a call is in flight go together in the next one.
+
+It uses `threading` and `queue`, which gevent's monkey-patching turns into greenlet primitives in
+the API workers; without gevent (unit tests, scripts) it runs on real threads.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Pending(Generic[Item, Result]):
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: Item):
+        self.item = item
+        self.done = threading.Event()
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+
+
+class MicroBatcher(Generic[Item, Result]):
+    """`submit(items)` returns `run_batch`'s results for those items, computed together with
+    whatever other requests of this process queued at the same time."""
+
+    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int = 64,
+                 concurrent_batches: int = 1, observe_batch_size: Callable[[int], None] | None = None):
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.concurrent_batches = concurrent_batches
+        self.observe_batch_size = observe_batch_size
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._started_in: int | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, items: Sequence[Item], timeout: float) -> list[Result]:
+        self._ensure_loops()
+        pending = [_Pending(item) for item in items]
+        for entry in pending:
+            self._queue.put(entry)
+        results = []
+        for entry in pending:
+            if not entry.done.wait(timeout):
+                raise TimeoutError("the batched model call did not finish in time")
+            if entry.error is not None:
+                raise entry.error
+            results.append(entry.result)
+        return results
+
+    def _ensure_loops(self) -> None:
+        """Loops are started lazily in the process that uses them (gunicorn forks workers)."""
+        if self._started_in == os.getpid():
+            return
+        with self._start_lock:
+            if self._started_in != os.getpid():
+                for index in range(self.concurrent_batches):
+                    threading.Thread(target=self._loop, name=f"micro-batcher-{index}", daemon=True).start()
+                self._started_in = os.getpid()
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._run(batch)
+
+    def _run(self, batch: list[_Pending]) -> None:
+        if self.observe_batch_size is not None:
+            self.observe_batch_size(len(batch))
+        try:
+            results = self.run_batch([entry.item for entry in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        except BaseException as error:  # noqa: BLE001 - every waiter gets the failure, the loop lives on
+            for entry in batch:
+                entry.error = error
+                entry.done.set()
+            return
+        for entry, result in zip(batch, results):
+            entry.result = result
+            entry.done.set()

@@ -1,0 +1,153 @@
+"""The local topology: which processes, on which ports, with which settings, from compose.yaml.
+
+Used by `./stack up` and by the benchmark (which swaps settings or an app to compare variants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from local_stack import compose_file
+from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok
+
+REPO_ROOT = compose_file.REPO_ROOT
+NGINX_DIR = REPO_ROOT / "services" / "nginx"
+STOP_TIMEOUT_SECONDS = 25.0
+
+
+@dataclasses.dataclass
+class Options:
+    run_dir: Path
+    http_port: int = 8080
+    host: str = "127.0.0.1"
+    scale: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(compose_file.API_SERVICES, 1))
+    # Benchmark variants: extra environment per API service, another WSGI app, other model server flags.
+    env_overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    app_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    model_server_flags: list[str] | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not found:
+        raise SystemExit("local_stack: nginx is missing; scripts/bootstrap.sh installs it (apt-get install nginx)")
+    return found
+
+
+def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
+    settings = compose_file.load()
+    run_dir = options.run_dir
+    logs = run_dir / "logs"
+    grpc_port, rest_port = free_port(), free_port()
+    python = sys.executable
+    base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    flags = settings.model_server_flags if options.model_server_flags is None else options.model_server_flags
+    model_check = [http_ok(f"http://127.0.0.1:{rest_port}/v1/models/{name}", ("AVAILABLE",))
+                   for name in settings.model_names]
+    specs = [ServiceSpec(
+        name="model-server",
+        args=[python, "-m", "model_server", "--listen_address=127.0.0.1", f"--port={grpc_port}",
+              f"--rest_api_port={rest_port}", *flags,
+              f"--rebase_model_base_path={compose_file.CONTAINER_MODEL_ROOT}={compose_file.MODEL_REPOSITORY}"],
+        env={**base_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tfserving"), str(REPO_ROOT)])},
+        cwd=REPO_ROOT, log_path=logs / "model-server.log",
+        ready=lambda: all(check() for check in model_check),
+        address=f"gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}",
+    )]
+    upstreams: dict[str, list[str]] = {}
+    for service, count in options.scale.items():
+        service_dir = REPO_ROOT / "services" / service
+        for index in range(1, count + 1):
+            port = free_port()
+            upstreams.setdefault(service, []).append(f"127.0.0.1:{port}")
+            env = {**base_env, **settings.environments[service], **options.env_overrides.get(service, {}),
+                   "TFSERVING_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "API_BIND": f"127.0.0.1:{port}"}
+            # Each instance sums its own workers' metrics; emptied by gunicorn at every (re)start.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics" / f"{service}-{index}")
+            # The same gunicorn.conf.py the service's container runs.
+            gunicorn = [python, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"),
+                        "--chdir", str(service_dir)]
+            if service in options.app_overrides:  # the benchmark's constant-answer app
+                gunicorn.append(options.app_overrides[service])
+            specs.append(ServiceSpec(
+                name=f"{service}-{index}",
+                args=gunicorn,
+                env=env, cwd=service_dir, log_path=logs / f"{service}-{index}.log",
+                ready=http_ok(f"http://127.0.0.1:{port}/readyz"), address=f"http://127.0.0.1:{port}",
+            ))
+    sys.path.insert(0, str(NGINX_DIR))
+    import render  # services/nginx/render.py: the template both modes share
+
+    nginx_dir = run_dir / "nginx"
+    nginx_dir.mkdir(parents=True, exist_ok=True)
+    values = render.values_for_local(f"{options.host}:{options.http_port}", nginx_dir, upstreams["text-api"],
+                                     upstreams["vision-api"])
+    values["temp_dir"] = str(nginx_temp)
+    (nginx_dir / "nginx.conf").write_text(render.render(values))
+    specs.append(ServiceSpec(
+        name="nginx",
+        args=[find_nginx(), "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
+              "-e", str(nginx_dir / "error.log"), "-g", "daemon off;"],
+        env=base_env, cwd=nginx_dir, log_path=logs / "nginx.log",
+        ready=http_ok(f"http://127.0.0.1:{options.http_port}/nginx-health"),
+        address=f"http://{options.host}:{options.http_port}",
+    ))
+    return specs
+
+
+def start_and_wait(processes: list[SupervisedProcess], timeout: float,
+                   stopping: Callable[[], bool] = lambda: False) -> list[SupervisedProcess]:
+    """Start everything at once (the API services retry until the model server is up) and wait
+    until each says it is ready; returns those that are not (empty on success)."""
+    started = time.monotonic()
+    for process in processes:
+        process.start()
+    pending = list(processes)
+    while pending and not stopping() and time.monotonic() - started < timeout:
+        for process in processes:
+            process.check()
+        pending = [p for p in pending if not p.spec.ready()]
+        time.sleep(0.2)
+    return pending
+
+
+def stop_all(processes: list[SupervisedProcess]) -> None:
+    for process in reversed(processes):  # nginx first, the model server last
+        process.stop(STOP_TIMEOUT_SECONDS)
+
+
+def nginx_temp_dir() -> Path:
+    """nginx workers (user nobody when started as root) must reach their temp dirs; /tmp is safe."""
+    path = Path(tempfile.mkdtemp(prefix="local-stack-nginx-"))
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def running(options: Options, say: Callable[[str], None], timeout: float = 120.0) -> Iterator[list[SupervisedProcess]]:
+    """The whole topology, ready, for the duration of a `with` block (the benchmark's use)."""
+    nginx_temp = nginx_temp_dir()
+    processes = [SupervisedProcess(spec, say) for spec in build_specs(options, nginx_temp)]
+    try:
+        not_ready = start_and_wait(processes, timeout)
+        if not_ready:
+            raise RuntimeError(f"not ready after {timeout:.0f}s: {[p.spec.name for p in not_ready]}")
+        yield processes
+    finally:
+        stop_all(processes)
+        shutil.rmtree(nginx_temp, ignore_errors=True)
