@@ -21,17 +21,21 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
-# nginx for local mode (Debian's package). Installed without starting its system service: the
-# stack runs its own nginx with its own config, and nothing should be left listening on :80.
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+# Debian packages: nginx for local mode, wrk for the benchmark. nginx is installed without starting
+# its system service: the stack runs its own nginx with its own config, and nothing should be
+# left listening on :80.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "bootstrap: installing nginx (Debian package)"
+    echo "bootstrap: installing ${missing[*]} (Debian packages)"
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "bootstrap: nginx is missing; install it (Debian/Ubuntu: sudo apt-get install nginx)" >&2
-    exit 1
+    echo "bootstrap: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+    [[ " ${missing[*]} " == *" nginx "* ]] && exit 1  # the stack needs nginx; only the benchmark needs wrk
   fi
 fi
