@@ -15,7 +15,7 @@ hold even when absolute numbers move with the machine's load:
   tuned       this stack as configured (compose.yaml + defaults)
   http-ceiling   nginx -> gunicorn -> Flask answering a constant (bench/constant_app.py)
   model-ceiling  the SavedModel called in-process at its best batch size (bench/model_ceiling.py)
-  scale-N     tuned with N text-api instances
+  scale-N     tuned with N text-api instances (compose.yaml's default is 2, one worker each)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from local_stack import topology
+from local_stack import compose_file, topology
 from local_stack.processes import SupervisedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +93,15 @@ def parse_wrk(output: str, cell: Cell) -> Cell:
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU used so far by these processes and all their descendants, including descendants that
+    already exited (a gunicorn worker recycled by max_requests mid-cell is still counted)."""
     total = 0.0
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)]:
+            times = root.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+            for process in root.children(recursive=True):
                 times = process.cpu_times()
                 total += times.user + times.system
         except psutil.NoSuchProcess:
@@ -124,7 +128,7 @@ def run_wrk(cell: Cell, url: str, script: str, pids: list[int], env: dict[str, s
 
 
 @contextlib.contextmanager
-def stack(run_dir: Path, http_port: int, text_instances: int = 1, env: dict[str, str] | None = None,
+def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env: dict[str, str] | None = None,
           text_app: str | None = None, model_server_flags: list[str] | None = None
           ) -> Iterator[tuple[str, list[int], list[SupervisedProcess]]]:
     """The local stack (model server, API services, nginx); yields nginx's URL, the pids to meter
@@ -135,7 +139,8 @@ def stack(run_dir: Path, http_port: int, text_instances: int = 1, env: dict[str,
         overrides["text-api"]["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                                             os.environ.get("PYTHONPATH")]))
     options = topology.Options(run_dir=run_dir, http_port=http_port,
-                               scale={"text-api": text_instances, "vision-api": 1},
+                               scale={**compose_file.load().replicas,
+                                      **({"text-api": text_instances} if text_instances else {})},
                                env_overrides=overrides, app_overrides={"text-api": text_app} if text_app else {},
                                model_server_flags=model_server_flags)
     with topology.running(options, lambda message: say(f"  {message}")) as processes:
@@ -167,8 +172,6 @@ def model_ceiling(model: str, seconds: float) -> dict:
 
 
 def compose_flags_without_batching() -> list[str]:
-    from local_stack import compose_file
-
     return [f for f in compose_file.load().model_server_flags if "batching" not in f]
 
 

@@ -27,7 +27,7 @@ def say(message: str) -> None:
 
 
 def parse_scale(values: list[str]) -> dict[str, int]:
-    scale = dict.fromkeys(compose_file.API_SERVICES, 1)
+    scale = compose_file.load().replicas  # compose's defaults; --scale overrides them
     for value in values:
         name, _, count = value.partition("=")
         if name not in scale or not count.isdigit() or int(count) < 1:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="start everything and supervise it until Ctrl-C or `down`")
     start.add_argument("--scale", action="append", default=[], metavar="SERVICE=N",
-                       help="instances of text-api or vision-api (default 1 each)")
+                       help="instances of text-api or vision-api (default: deploy.replicas in compose.yaml)")
     start.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
     start.add_argument("--host", default="127.0.0.1", help="nginx listen address (0.0.0.0 to expose it)")
     start.add_argument("--ready-timeout", type=float, default=120.0)

@@ -22,6 +22,7 @@ CONTAINER_MODEL_ROOT = "/models"
 class ComposeSettings:
     model_server_flags: list[str]  # tfserving's command, minus the ports
     environments: dict[str, dict[str, str]]  # API service -> its environment
+    replicas: dict[str, int]  # API service -> instances started by default (`deploy.replicas`)
     model_names: list[str]  # from models.config, to know when the model server is ready
 
 
@@ -33,7 +34,9 @@ def load(compose_file: Path = COMPOSE_FILE, repository: Path = MODEL_REPOSITORY)
                     for name in API_SERVICES}
     config_file = next(f.split("=", 1)[1] for f in flags if f.startswith("--model_config_file="))
     config_text = Path(config_file).read_text()
-    return ComposeSettings(flags, environments, re.findall(r'^\s*name:\s*"([^"]+)"', config_text, re.MULTILINE))
+    replicas = {name: int(services[name].get("deploy", {}).get("replicas", 1)) for name in API_SERVICES}
+    model_names = re.findall(r'^\s*name:\s*"([^"]+)"', config_text, re.MULTILINE)
+    return ComposeSettings(flags, environments, replicas, model_names)
 
 
 def _on_this_machine(flag: str, repository: Path) -> str:

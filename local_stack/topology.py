@@ -29,7 +29,7 @@ class Options:
     run_dir: Path
     http_port: int = 8080
     host: str = "127.0.0.1"
-    scale: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(compose_file.API_SERVICES, 1))
+    scale: dict[str, int] = dataclasses.field(default_factory=lambda: compose_file.load().replicas)
     # Benchmark variants: extra environment per API service, another WSGI app, other model server flags.
     env_overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     app_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
