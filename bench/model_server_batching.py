@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from local_stack.topology import free_port
 from model_preprocessing.text import pad_batch, segment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +37,6 @@ CORPUS = [
     "房间干净整洁，早餐丰富", "性价比很高，下次还会买", "书的内容很空洞，不值这个价", "屏幕很清晰，运行流畅",
     "等了一个星期才到货，太慢了", "味道不错，分量也足", "酒店位置偏僻，周边什么都没有", "非常满意的一次购物",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def requests_for_corpus() -> list[predict_pb2.PredictRequest]:

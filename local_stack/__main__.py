@@ -69,7 +69,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         say(f"starting {len(processes)} processes; logs in {run_dir / 'logs'}")
         not_ready = topology.start_and_wait(processes, args.ready_timeout, lambda: bool(stopping))
-        _write_state(state_file, processes)
+        written = _write_state(state_file, processes)
         if stopping:
             return 0
         if not_ready:
@@ -86,7 +86,7 @@ def up(args: argparse.Namespace) -> int:
         while not stopping:
             for process in processes:
                 process.check()
-            _write_state(state_file, processes)
+            written = _write_state(state_file, processes, written)
             time.sleep(0.2)
         return 0
     finally:
@@ -124,16 +124,18 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_state(state_file: Path, processes: list[SupervisedProcess]) -> None:
+def _write_state(state_file: Path, processes: list[SupervisedProcess], written: str = "") -> str:
+    """Record pids and addresses for `down`/`status`; rewritten only when something changed."""
     state = {"launcher_pid": os.getpid(),
              "process_groups": [p.pid for p in processes if p.pid],
              "services": {p.spec.name: {"pid": p.pid, "address": p.spec.address, "restarts": p.restarts}
                           for p in processes}}
     text = json.dumps(state, indent=2)
-    if not state_file.exists() or state_file.read_text() != text:
+    if text != written:
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(state_file)
+    return text
 
 
 def _alive(pid: int) -> bool:
