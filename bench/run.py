@@ -1,6 +1,6 @@
 """The benchmark matrix, through the real nginx of the local stack, with wrk.
 
-    .venv/bin/python -m bench.run                  # the full matrix (about 10 minutes), writes bench/results/
+    .venv/bin/python -m bench.run                  # the full matrix (about 12 minutes), writes bench/results/
     .venv/bin/python -m bench.run --quick --out D  # a few seconds per cell (the test suite runs this)
 
 Why wrk: it keeps thousands of connections open from one thread per core with little CPU of its
@@ -263,6 +263,9 @@ def report(cells: list[Cell], ceilings: dict, command: str, seconds: float) -> s
         lines.append(f"| {c.variant} | {c.route} | {c.connections} | {c.rps:.1f} | {c.p50_ms:.1f} "
                      f"| {c.p90_ms:.1f} | {c.p99_ms:.1f} | {c.max_ms:.0f} | {c.socket_errors} | {c.non_2xx} "
                      f"| {c.cpu_ms_per_request:.2f} |")
+    lines += ["", "Where the CPU goes in the tuned stack (per process, and py-spy's heaviest functions): "
+              "[profiles/lstm.md](profiles/lstm.md), [profiles/cv_sod.md](profiles/cv_sod.md) "
+              "(`.venv/bin/python -m bench.profile [--route /cv_sod --connections 32]`)."]
     lines += ["", "Model ceilings (the SavedModel called in-process, best batch size, all cores):", ""]
     for model, answer in ceilings.items():
         lines.append(f"- `{model}`: {answer['examples_per_second']:.1f} examples/s at batch {answer['best_batch']} "

@@ -80,3 +80,42 @@ def test_every_variable_is_documented():
              *re.findall(r'os\.environ\.get\("([A-Z_]+)"', gunicorn_base)}
     missing = sorted(name for name in names if f"`{name}`" not in documented)
     assert not missing, f"undocumented in services/README.md: {missing}"
+
+
+@pytest.mark.parametrize(("settings", "path", "logged"), [
+    (ServiceSettings(model_name="m"), "/ok", False),
+    (ServiceSettings(model_name="m"), "/missing", True),
+    (ServiceSettings(model_name="m", access_log_slow_ms=0.0), "/ok", True),
+    (ServiceSettings(model_name="m", access_log_all=True), "/ok", True),
+    (ServiceSettings(model_name="m", access_log_all=True), "/healthz", False),
+])
+def test_access_lines_for_failures_and_slow_requests_unless_all_asked(settings, path, logged, caplog):
+    from service_kit.app import create_service_app
+
+    app = create_service_app(__name__, settings, client=object())
+    app.add_url_rule("/ok", "ok", lambda: "fine")
+    with caplog.at_level(logging.INFO, logger="service_kit.access"):
+        app.test_client().get(path)
+    assert bool([r for r in caplog.records if r.name == "service_kit.access"]) is logged
+
+
+def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
+    """gunicorn computes its access atoms whenever a log config is set, only to drop the line."""
+    from gunicorn.app.base import Application
+
+    class Config(Application):
+        def init(self, parser, opts, args):
+            return None
+
+        def load(self):
+            return None
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the config would make one otherwise
+    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", str(REPO_ROOT / "services/text-api/gunicorn.conf.py")])
+    cfg = Config().cfg
+    logger = cfg.logger_class(cfg)
+    assert type(logger).__name__ == "NoAccessLineLogger"
+    atoms_built = []
+    monkeypatch.setattr(logger, "atoms", lambda *args: atoms_built.append(args) or {})
+    logger.access(resp=None, req=None, environ={}, request_time=None)
+    assert not atoms_built

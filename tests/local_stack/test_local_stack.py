@@ -116,8 +116,11 @@ def test_request_ids_pass_through_nginx_to_the_service(stack):
     made = requests.post(f"{stack.url}/lstm", json={"line": "好"}, timeout=10).headers["X-Request-ID"]
     assert len(made) == 32
     wait_until(lambda: "e2e-req-7" in (stack.run_dir / "nginx" / "access.log").read_text(), 5, "access log")
-    logs = "".join(p.read_text() for p in (stack.run_dir / "logs").glob("text-api-*.log"))
-    assert '"request_id": "e2e-req-7"' in logs
+    # The services log failures (successes are in nginx's log): the same id reaches them.
+    failed = requests.post(f"{stack.url}/lstm", json={"nope": 1}, headers={"X-Request-ID": "e2e-req-8"}, timeout=10)
+    assert failed.status_code == 400 and failed.json()["error"]["request_id"] == "e2e-req-8"
+    logs = lambda: "".join(p.read_text() for p in (stack.run_dir / "logs").glob("text-api-*.log"))
+    wait_until(lambda: '"request_id": "e2e-req-8"' in logs(), 5, "the service's log line")
 
 
 def test_both_text_api_instances_receive_traffic(stack):

@@ -127,8 +127,10 @@ def test_health_readiness_metrics_and_request_ids(text_api):
                 if x.startswith('http_requests_total{method="POST",route="/lstm",status="200"}'))
     assert float(line.split()[-1]) >= 20, "counts from every worker are summed"
     assert 'model_server_request_duration_seconds_count{method="Predict",model="lstm"}' in metrics
+    requests.post(f"{url}/lstm", json={"wrong": "好"}, headers={"X-Request-ID": "it-test-43"}, timeout=10)
     log_lines = [json.loads(x) for x in text_api.process.log_text().splitlines() if x.startswith("{")]
-    assert any(x.get("request_id") == "it-test-42" and x.get("status") == 200 for x in log_lines)
+    assert any(x.get("request_id") == "it-test-43" and x.get("status") == 400 for x in log_lines)
+    assert not any(x.get("request_id") == "it-test-42" for x in log_lines), "successes are nginx's to log"
 
 
 def test_api_workers_do_not_load_tensorflow(text_api, vision_api):

@@ -110,10 +110,16 @@ def _register_request_bookkeeping(app: Flask) -> None:
         metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(route, request.method).observe(seconds)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        if route not in ("/healthz", "/readyz", "/metrics") or response.status_code >= 400:
+        if _worth_a_log_line(route, response.status_code, seconds, current_app.extensions["settings"]):
             access_log.info("request", extra={
                 "request_id": g.get("request_id"), "method": request.method, "path": request.path,
                 "route": route, "status": response.status_code, "duration_ms": round(seconds * 1000, 2),
                 "remote": request.headers.get("X-Forwarded-For", request.remote_addr),
             })
         return response
+
+
+def _worth_a_log_line(route: str, status: int, seconds: float, settings: ServiceSettings) -> bool:
+    if status >= 400 or seconds * 1000 >= settings.access_log_slow_ms:
+        return True
+    return settings.access_log_all and route not in ("/healthz", "/readyz", "/metrics")

@@ -42,6 +42,10 @@ class ServiceSettings:
     # Coalesce this worker's concurrent requests into one Predict call (service_kit.batching).
     model_batching: bool = env("MODEL_BATCHING", True)
     model_max_batch_size: int = env("MODEL_MAX_BATCH_SIZE", 64)
+    # nginx logs every request with its request id; the API adds a line for failures and slow
+    # requests only (one JSON line per success cost ~7% of a text-api worker's CPU, bench/profile.py).
+    access_log_all: bool = env("ACCESS_LOG_ALL", False)
+    access_log_slow_ms: float = env("ACCESS_LOG_SLOW_MS", 1000.0)
 
     @classmethod
     def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
