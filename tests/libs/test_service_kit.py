@@ -11,7 +11,7 @@ import pytest
 from flask import Flask, request
 
 from service_kit.errors import ApiError
-from service_kit.inputs import decode_base64, wants_json
+from service_kit.inputs import decode_base64, json_body, wants_json
 from service_kit.logs import JsonFormatter
 from service_kit.settings import ServiceSettings
 from tests.conftest import REPO_ROOT
@@ -50,6 +50,15 @@ def test_bad_base64_is_a_400():
     with pytest.raises(ApiError) as caught:
         decode_base64("ab$cd", "img")
     assert caught.value.status == 400 and caught.value.code == "invalid_base64"
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"line": ' + b"[" * 50_000, b"\xff\xfe", b"[1]"])
+def test_json_that_is_too_deep_broken_or_not_an_object_is_a_400(body):
+    app = Flask(__name__)
+    with app.test_request_context("/lstm", method="POST", data=body, content_type="application/json"):
+        with pytest.raises(ApiError) as caught:
+            json_body(request)
+    assert caught.value.status == 400 and caught.value.code == "invalid_json"
 
 
 @pytest.mark.parametrize(("accept", "query", "expected"), [

@@ -108,6 +108,13 @@ def test_nginx_answers_in_json_for_what_it_refuses(stack):
                                   headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert too_big_image.status_code == 413 and too_big_image.headers["Content-Type"] == "application/json"
     assert "Server" not in missing.headers or missing.headers["Server"] == "nginx", "no version disclosed"
+    for headers in ({}, {"X-Big": "a" * 70_000}):
+        too_long = requests.get(f"{stack.url}/cv_sod?img={'A' * (100_000 if not headers else 4)}", headers=headers,
+                                timeout=10)
+        assert too_long.status_code in (400, 414) and too_long.json()["error"]["code"], too_long.text[:200]
+    for name, value in (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                        ("Referrer-Policy", "no-referrer")):
+        assert missing.headers[name] == value and too_big_text.headers[name] == value
 
 
 def test_request_ids_pass_through_nginx_to_the_service(stack):

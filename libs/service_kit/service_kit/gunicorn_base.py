@@ -32,6 +32,11 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # Recycle workers now and then (bounded memory growth), staggered so they do not restart together.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "50000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "5000"))
+# nginx bounds the request line and each header at 64 KB (large_client_header_buffers) and is
+# the only way in; gunicorn's own 4 KB line limit would answer the documents' `GET ?img=<base64>`
+# of a mid-sized image with a bare 414 that is not JSON.
+limit_request_line = 0
+limit_request_field_size = 0
 # Workers build the app themselves, after gevent has patched them (see service_kit.worker).
 preload_app = False
 # Several instances run side by side in local mode; the control socket would be shared.

@@ -70,9 +70,7 @@ def documents_predict():
     if request.method == "GET":
         line = _line_from_query()
     else:
-        body = request.get_json(force=True, silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", 'the body must be a JSON object like {"line": "..."}')
+        body = json_body(request, any_content_type=True)
         if "line" not in body:
             raise ApiError(400, "missing_field", 'the body needs "line"')
         line = _text_field(body["line"], "line")

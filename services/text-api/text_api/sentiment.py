@@ -40,6 +40,10 @@ class SentimentModel:
             if len(text) > self.settings.max_text_chars:
                 raise ApiError(413, "text_too_long",
                                f"{where} has {len(text)} characters; the limit is {self.settings.max_text_chars}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate, not text; the model takes UTF-8
+                raise ApiError(400, "invalid_text", f"{where} holds an unpaired surrogate code point") from None
             words = segment(text)
             if not words:
                 raise ApiError(422, "empty_text", f"{where} has no words after segmentation")

@@ -40,6 +40,12 @@ def test_several_lines_are_one_model_call(client, text_client_fake):
     assert words.shape == (3, max(nwords)) and words[0, 1] == b"<pad>"
 
 
+def test_a_lone_surrogate_is_a_400_not_a_failed_batch(client, text_client_fake):
+    reply = client.post("/lstm", data=b'{"lines": ["\\u597d", "\\ud800"]}', content_type="application/json")
+    assert reply.status_code == 400 and reply.json["error"]["code"] == "invalid_text"
+    assert text_client_fake.calls == [], "refused before any model call"
+
+
 def test_get_with_urlsafe_base64(client):
     reply = client.get(f"/lstm?line={b64('好评')}")
     assert reply.status_code == 200 and reply.json["label"] in ("POS", "NEG")
