@@ -58,7 +58,7 @@ def up(args: argparse.Namespace) -> int:
         sys.exit(f"local_stack: port {args.http_port} is taken; choose another with --http-port")
     run_dir.mkdir(parents=True, exist_ok=True)
     options = topology.Options(run_dir=run_dir, http_port=args.http_port, host=args.host,
-                               scale=parse_scale(args.scale))
+                               scale=parse_scale(args.scale), model_repository=args.model_repository.resolve())
     nginx_temp = topology.nginx_temp_dir()
     processes = [SupervisedProcess(spec, say) for spec in topology.build_specs(options, nginx_temp)]
 
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
     start.add_argument("--host", default="127.0.0.1", help="nginx listen address (0.0.0.0 to expose it)")
     start.add_argument("--ready-timeout", type=float, default=120.0)
+    start.add_argument("--model-repository", type=Path,
+                       default=Path(os.environ.get("MODEL_REPOSITORY", compose_file.MODEL_REPOSITORY)),
+                       help="the folder served as /models (default: $MODEL_REPOSITORY or tfserving/models)")
     commands.add_parser("down", help="stop a stack started with `up`")
     commands.add_parser("status", help="print the running stack's processes")
     args = parser.parse_args(argv)

@@ -34,6 +34,8 @@ class Options:
     env_overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     app_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
     model_server_flags: list[str] | None = None
+    # Mounted at /models in compose; MODEL_REPOSITORY names another folder in both modes.
+    model_repository: Path = compose_file.MODEL_REPOSITORY
 
 
 def free_port() -> int:
@@ -50,7 +52,7 @@ def find_nginx() -> str:
 
 
 def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
-    settings = compose_file.load()
+    settings = compose_file.load(repository=options.model_repository)
     run_dir = options.run_dir
     logs = run_dir / "logs"
     grpc_port, rest_port = free_port(), free_port()
@@ -63,7 +65,7 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
         name="model-server",
         args=[python, "-m", "model_server", "--listen_address=127.0.0.1", f"--port={grpc_port}",
               f"--rest_api_port={rest_port}", *flags,
-              f"--rebase_model_base_path={compose_file.CONTAINER_MODEL_ROOT}={compose_file.MODEL_REPOSITORY}"],
+              f"--rebase_model_base_path={compose_file.CONTAINER_MODEL_ROOT}={options.model_repository}"],
         env={**base_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tfserving"), str(REPO_ROOT)])},
         cwd=REPO_ROOT, log_path=logs / "model-server.log",
         ready=lambda: all(check() for check in model_check),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -115,6 +116,43 @@ def model_server_under_test(repository: Path, log_path: Path) -> Iterator[Servin
         yield target
     finally:
         process.stop()
+
+
+class Stack:
+    """`./stack up` as a user runs it (a supervising launcher), and what its state file says."""
+
+    def __init__(self, run_dir: Path, port: int, *extra: str):
+        self.run_dir = run_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "local_stack", "--run-dir", str(run_dir), "up", "--http-port", str(port), *extra],
+            run_dir / "stack.log",
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_until(lambda: "ready in" in self.process.log_text() or not self.process.alive(), timeout, "the stack")
+        assert self.process.alive(), self.process.log_text()
+
+    def state(self) -> dict:
+        return json.loads((self.run_dir / "stack.json").read_text())
+
+    def service(self, name: str) -> dict:
+        return self.state()["services"][name]
+
+    def down(self) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "local_stack", "--run-dir", str(self.run_dir), "down"],
+                              capture_output=True, text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def running_stack(run_dir: Path, *extra: str) -> Iterator[Stack]:
+    stack = Stack(run_dir, free_port(), *extra)
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.down()
+        stack.process.stop()
 
 
 @pytest.fixture

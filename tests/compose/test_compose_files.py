@@ -71,6 +71,8 @@ def test_tf_serving_is_pinned_reads_the_repository_read_only_and_batches():
     image, _, tag = tfserving["image"].partition(":")
     assert image == "tensorflow/serving" and tag[:1].isdigit(), "a pinned version, not latest"
     assert "./tfserving/models:/models:ro" in tfserving["volumes"]
+    assert "${MODEL_REPOSITORY:-./tfserving/models}:/models:ro" in (REPO_ROOT / "compose.yaml").read_text(), \
+        "another repository through MODEL_REPOSITORY, as local mode's --model-repository"
     flags = tfserving["command"]
     for flag in ("--model_config_file=/models/models.config", "--enable_batching",
                  "--batching_parameters_file=/models/batching.config"):

@@ -7,8 +7,6 @@ import base64
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 
 import cv2
@@ -17,40 +15,15 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import ManagedProcess, free_port, wait_until
+from tests.conftest import Stack, free_port, running_stack, wait_until
 
 SENTENCE = "我很喜欢中国银行的产品"  # the documents' `ab` URL carries this text
 
 
-class Stack:
-    def __init__(self, run_dir, port):
-        self.run_dir = run_dir
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = ManagedProcess(
-            [sys.executable, "-m", "local_stack", "--run-dir", str(run_dir), "up",
-             "--scale", "text-api=2", "--http-port", str(port)],
-            run_dir / "stack.log",
-        )
-
-    def state(self) -> dict:
-        return json.loads((self.run_dir / "stack.json").read_text())
-
-    def down(self) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "local_stack", "--run-dir", str(self.run_dir), "down"],
-                              capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("stack")
-    stack = Stack(run_dir, free_port())
-    try:
-        wait_until(lambda: "ready in" in stack.process.log_text() or not stack.process.alive(), 120, "the stack")
-        assert stack.process.alive(), stack.process.log_text()
+    with running_stack(tmp_path_factory.mktemp("stack"), "--scale", "text-api=2") as stack:
         yield stack
-    finally:
-        stack.down()
-        stack.process.stop()
 
 
 def post_line(url: str, line: str) -> requests.Response:
@@ -173,7 +146,7 @@ def test_down_stops_everything(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stack-down")
     stack = Stack(run_dir, free_port())
     try:
-        wait_until(lambda: "ready in" in stack.process.log_text() or not stack.process.alive(), 120, "the stack")
+        stack.wait_ready()
         pids = [service["pid"] for service in stack.state()["services"].values()]
         children = [c.pid for pid in pids for c in psutil.Process(pid).children(recursive=True)]
         result = stack.down()

@@ -15,11 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import text_format
-from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
+from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.conftest import wait_until
 from tests.tfserving.test_grpc_conformance import lstm_request
+from tests.tfserving.versions import add_version, reload_request, versions_in_state
 
 POLL_PLUS_LOAD_SECONDS = 30
 
@@ -57,19 +58,6 @@ class SteadyLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join(15)
-
-
-def add_version(repository: Path, model: str, source: int, target: int) -> None:
-    """Copy a version folder in under a hidden name, then rename: the server never sees half a model."""
-    staging = repository / model / f".staging-{target}"
-    shutil.copytree(repository / model / str(source), staging)
-    staging.rename(repository / model / str(target))
-
-
-def versions_in_state(model_stub, model: str, state: int) -> set[int]:
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = model
-    return {s.version for s in model_stub.GetModelStatus(request, timeout=5).model_version_status if s.state == state}
 
 
 @pytest.fixture
@@ -145,9 +133,3 @@ def test_label_to_unavailable_version_is_refused(repository, model_stub):
     assert response.status.error_code != 0
     time.sleep(0.2)
     assert versions_in_state(model_stub, "lstm", get_model_status_pb2.ModelVersionStatus.AVAILABLE) == {1}
-
-
-def reload_request(config) -> model_management_pb2.ReloadConfigRequest:
-    request = model_management_pb2.ReloadConfigRequest()
-    request.config.CopyFrom(config)
-    return request

@@ -34,6 +34,9 @@ class ServiceSettings:
     tfserving_address: str = env("TFSERVING_GRPC_ADDRESS", "127.0.0.1:8500")
     model_name: str = env("MODEL_NAME", "")
     model_signature: str = env("MODEL_SIGNATURE", "serving_default")
+    # A version label (e.g. "stable") to ask for instead of the newest version: moving the label
+    # in models.config switches every worker at once, without a restart.
+    model_version_label: str = env("MODEL_VERSION_LABEL", "")
     model_timeout_seconds: float = env("MODEL_TIMEOUT_SECONDS", 10.0)
     model_retries: int = env("MODEL_RETRIES", 2)
     readiness_cache_seconds: float = env("READINESS_CACHE_SECONDS", 1.0)

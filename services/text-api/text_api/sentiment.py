@@ -64,7 +64,7 @@ class SentimentModel:
         MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(sentences))
         result = self.client.predict(
             self.settings.model_name, {"words": words, "nwords": nwords},
-            signature_name=self.settings.model_signature,
+            signature_name=self.settings.model_signature, version_label=self.settings.model_version_label or None,
         )
         labels, class_ids, softmax = (result.outputs[k] for k in ("labels", "classes_id", "softmax"))
         return [(Sentiment(label.decode("utf-8"), int(class_id), [round(float(p), 6) for p in row]),

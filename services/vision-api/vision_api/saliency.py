@@ -65,6 +65,7 @@ class SaliencyModel:
         MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(examples))
         result = self.client.predict(
             self.settings.model_name, {"img_in": np.stack(examples)},
-            signature_name=self.settings.model_signature, output_filter=["img_out"],
+            signature_name=self.settings.model_signature, version_label=self.settings.model_version_label or None,
+            output_filter=["img_out"],
         )
         return [(saliency, result.model_version) for saliency in result.outputs["img_out"]]

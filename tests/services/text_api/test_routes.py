@@ -28,7 +28,14 @@ def test_one_line(client, text_client_fake):
                           "model_version": 1}
     call = text_client_fake.calls[-1]
     assert call["model"] == "lstm" and call["signature_name"] == "serving_default"
+    assert call["version_label"] is None, "the newest version unless a label is configured"
     assert call["inputs"]["nwords"].tolist() == [3]
+
+
+def test_a_configured_version_label_is_asked_for(text_client_fake):
+    app = create_app(TextApiSettings(model_version_label="stable"), client=text_client_fake)
+    assert app.test_client().post("/lstm", json={"line": "好"}).status_code == 200
+    assert text_client_fake.calls[-1]["version_label"] == "stable"
 
 
 def test_several_lines_are_one_model_call(client, text_client_fake):
