@@ -60,7 +60,9 @@ def up(args: argparse.Namespace) -> int:
     options = topology.Options(run_dir=run_dir, http_port=args.http_port, host=args.host,
                                scale=parse_scale(args.scale), model_repository=args.model_repository.resolve())
     nginx_temp = topology.nginx_temp_dir()
-    processes = [SupervisedProcess(spec, say) for spec in topology.build_specs(options, nginx_temp)]
+    specs = topology.build_specs(options, nginx_temp)
+    processes = [SupervisedProcess(spec, say) for spec in specs]
+    (run_dir / "prometheus.yml").write_text(topology.prometheus_config(specs))
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -82,6 +84,8 @@ def up(args: argparse.Namespace) -> int:
         base = processes[-1].spec.address
         say(f'try: curl -X POST {base}/lstm -H "Content-Type: application/json" -d \'{{"line": "我很喜欢这个产品"}}\'')
         say(f"     curl -X POST {base}/cv_sod -H 'Content-Type: image/jpeg' --data-binary @photo.jpg -o mask.png")
+        say(f"     {base}/ (demo page), {base}/api (API reference); metrics: each instance's /metrics, "
+            f"scrape config for a Prometheus of your own: {run_dir / 'prometheus.yml'}")
         say("stop with Ctrl-C or `./stack down`")
         while not stopping:
             for process in processes:

@@ -21,6 +21,7 @@ from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok
 
 REPO_ROOT = compose_file.REPO_ROOT
 NGINX_DIR = REPO_ROOT / "services" / "nginx"
+PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
 STOP_TIMEOUT_SECONDS = 25.0
 
 
@@ -100,6 +101,9 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
     values = render.values_for_local(f"{options.host}:{options.http_port}", nginx_dir, upstreams["text-api"],
                                      upstreams["vision-api"])
     values["temp_dir"] = str(nginx_temp)
+    # nginx's workers (user nobody when started as root) may not reach the checkout; /tmp they can.
+    shutil.copytree(render.STATIC_DIR, nginx_temp / "static", dirs_exist_ok=True)
+    values["static_dir"] = str(nginx_temp / "static")
     (nginx_dir / "nginx.conf").write_text(render.render(values))
     specs.append(ServiceSpec(
         name="nginx",
@@ -110,6 +114,23 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
         address=f"http://{options.host}:{options.http_port}",
     ))
     return specs
+
+
+def prometheus_config(specs: list[ServiceSpec]) -> str:
+    """monitoring/prometheus.yml with this stack's loopback addresses instead of Docker's DNS, for
+    anyone who runs a Prometheus beside local mode (`prometheus --config.file=.run/prometheus.yml`)."""
+    import yaml
+
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "tfserving":
+            model_server = next(s for s in specs if s.name == "model-server")
+            targets = [model_server.address.split("REST http://", 1)[1]]
+        else:
+            targets = [s.address.removeprefix("http://") for s in specs if s.name.startswith(job["job_name"] + "-")]
+        job.pop("dns_sd_configs", None)
+        job["static_configs"] = [{"targets": targets}]
+    return "# Rendered by local_stack from monitoring/prometheus.yml for this run.\n" + yaml.safe_dump(config)
 
 
 def start_and_wait(processes: list[SupervisedProcess], timeout: float,

@@ -111,7 +111,8 @@ def model_server_under_test(repository: Path, log_path: Path) -> Iterator[Servin
                             Path(given) if given else None)
         return
     target, process = start_model_server(
-        repository, log_path, "--enable_batching", f"--batching_parameters_file={repository / 'batching.config'}")
+        repository, log_path, "--enable_batching", f"--batching_parameters_file={repository / 'batching.config'}",
+        f"--monitoring_config_file={repository / 'monitoring.config'}")
     try:
         yield target
     finally:
@@ -153,6 +154,14 @@ def running_stack(run_dir: Path, *extra: str) -> Iterator[Stack]:
     finally:
         stack.down()
         stack.process.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    """`./stack up` as compose.yaml deploys it, shared by the tests that only use it (faults,
+    client, browser) and leave it whole; tests that tear parts down start their own."""
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
+STATIC_DIR = Path(__file__).with_name("static")  # the demo page, the API page, openapi.json
 # In compose: the services' names on the compose network, and the port their gunicorn binds.
 COMPOSE_UPSTREAMS = {"text_api": "text-api:8000", "vision_api": "vision-api:8000"}
 COMPOSE_LISTEN = "8080"  # the unprivileged nginx image cannot bind 80
@@ -35,6 +36,7 @@ def values_for_compose() -> dict[str, str]:
         "error_log": "/dev/stderr",
         "access_log": "/dev/stdout json_lines",
         "temp_dir": "/tmp/nginx",
+        "static_dir": "/usr/share/nginx/html",
         # Docker's embedded DNS; re-resolved every 5 s so scaled replicas join and leave.
         "resolver": "    resolver 127.0.0.11 valid=5s ipv6=off;\n    resolver_timeout 2s;\n",
         "listen": COMPOSE_LISTEN,
@@ -44,7 +46,7 @@ def values_for_compose() -> dict[str, str]:
 
 
 def values_for_local(listen: str, run_dir: Path, text_api: list[str], vision_api: list[str],
-                     worker_processes: str = "auto") -> dict[str, str]:
+                     worker_processes: str = "auto", static_dir: Path = STATIC_DIR) -> dict[str, str]:
     run_dir = run_dir.resolve()
     return {
         "worker_processes": worker_processes,
@@ -52,6 +54,7 @@ def values_for_local(listen: str, run_dir: Path, text_api: list[str], vision_api
         "error_log": str(run_dir / "error.log"),
         "access_log": f"{run_dir / 'access.log'} json_lines",
         "temp_dir": str(run_dir / "temp"),
+        "static_dir": str(static_dir.resolve()),
         "resolver": "",
         "listen": listen,
         "text_api_servers": _servers(text_api, resolve=False),

@@ -44,13 +44,25 @@ def merged_with_gpu() -> dict:
 @pytest.mark.parametrize("document", [COMPOSE, merged_with_gpu()], ids=["compose", "compose+gpu"])
 def test_valid_compose_specification(document):
     parsed = PyCompose.from_yaml(yaml.safe_dump(document))
-    assert sorted(parsed.service_names()) == ["nginx", "text-api", "tfserving", "vision-api"]
+    assert sorted(parsed.service_names()) == ["grafana", "nginx", "prometheus", "text-api", "tfserving", "vision-api"]
 
 
 def test_only_nginx_publishes_a_port_and_nothing_pins_a_container_name():
     for name, service in SERVICES.items():
         assert "container_name" not in service, name
-        assert ("ports" in service) == (name == "nginx"), name
+        if "monitoring" in service.get("profiles", []):
+            assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", [])), "loopback only"
+        else:
+            assert ("ports" in service) == (name == "nginx"), name
+
+
+def test_monitoring_is_an_optional_profile_reading_the_repository_config():
+    assert {n for n, s in SERVICES.items() if "monitoring" in s.get("profiles", [])} == {"prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):
+        image, _, tag = SERVICES[name]["image"].partition(":")
+        assert tag and tag != "latest", name
+        assert all(v.endswith(":ro") for v in SERVICES[name]["volumes"]), name
+    assert "--monitoring_config_file=/models/monitoring.config" in SERVICES["tfserving"]["command"]
 
 
 def test_every_service_restarts_has_a_health_check_and_limits():

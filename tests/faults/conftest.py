@@ -1,20 +1,11 @@
-"""One local stack for the fault, hostile-input and slow-client tests (each leaves it whole);
-fault scenarios add a row each to a table printed at the end of the run."""
+"""Fault scenarios add a row each to a table printed at the end of the run. They share the
+session's local stack (tests/conftest.py) and leave it whole."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conftest import running_stack
-
 ROWS: list[dict[str, str]] = []
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """`./stack up` with 2 text-api instances (compose.yaml's default), through its nginx."""
-    with running_stack(tmp_path_factory.mktemp("faults-stack"), "--scale", "text-api=2") as stack:
-        yield stack
 
 
 @pytest.fixture

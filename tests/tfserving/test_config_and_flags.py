@@ -68,8 +68,8 @@ def test_supported_flags_parse_in_tf_serving_spelling():
 
 def test_an_unsupported_tf_serving_flag_is_an_error_not_ignored():
     result = subprocess.run(
-        [sys.executable, "-m", "model_server", "--monitoring_config_file=/x", "--model_base_path=/m"],
+        [sys.executable, "-m", "model_server", "--ssl_config_file=/x", "--model_base_path=/m"],
         capture_output=True, text=True, cwd=REPO_ROOT / "tfserving", timeout=60,
     )
     assert result.returncode == 2
-    assert "unrecognized arguments: --monitoring_config_file" in result.stderr
+    assert "unrecognized arguments: --ssl_config_file" in result.stderr

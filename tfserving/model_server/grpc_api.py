@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
@@ -19,6 +20,7 @@ from tensorflow_serving.apis import (
 
 from model_server.core import ModelSpec, ServerCore
 from model_server.errors import ServingError, invalid_argument
+from model_server.monitoring import METRICS
 from model_server.servable import DEFAULT_SIGNATURE
 from model_server.tensors import from_tensor_proto, to_tensor_proto
 
@@ -42,13 +44,20 @@ def _abort_on_error(method):
     """Turn ServingError into the gRPC status TF Serving would send; never leak a traceback."""
 
     def wrapper(self, request, context):
+        started, status = time.perf_counter(), "OK"
         try:
             return method(self, request, context)
         except ServingError as error:
+            status = error.code.name
             context.abort(error.code, error.message)
         except Exception:  # noqa: BLE001
+            status = "INTERNAL"
             log.exception("unexpected error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error in the model server")
+        finally:
+            model_spec = getattr(request, "model_spec", None)
+            if model_spec is not None and model_spec.name:
+                METRICS.observe(model_spec.name, method.__name__, "GRPC", status, time.perf_counter() - started)
 
     wrapper.__name__ = method.__name__
     return wrapper

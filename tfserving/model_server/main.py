@@ -23,6 +23,7 @@ from model_server.config import read_batching_parameters, read_model_server_conf
 from model_server.core import ServerCore
 from model_server.errors import ServingError
 from model_server.grpc_api import start_grpc_server
+from model_server.monitoring import read_monitoring_config
 from model_server.rest_api import start_rest_server
 
 log = logging.getLogger("model_server")
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--enable_batching", type=_bool, nargs="?", const=True, default=False)
     add("--batching_parameters_file", default="", help="text BatchingParameters")
     add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True, default=False)
+    add("--monitoring_config_file", default="", help="text MonitoringConfig: Prometheus metrics on the REST port")
     add("--listen_address", default="0.0.0.0",
         help="(this server only) address both APIs bind; local mode uses 127.0.0.1")
     add("--rebase_model_base_path", type=_rebase, default=None,
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batching_parameters_file and not args.enable_batching:
         raise SystemExit("model_server: --batching_parameters_file needs --enable_batching")
+    metrics_path = read_monitoring_config(Path(args.monitoring_config_file)) if args.monitoring_config_file else None
+    if metrics_path and not args.rest_api_port:
+        raise SystemExit("model_server: Prometheus metrics are served on the REST port; set --rest_api_port")
     batching = None
     if args.enable_batching:
         from model_server.config import BatchingParameters
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Running gRPC ModelServer at %s:%d ...", args.listen_address, args.port)
     rest_server = None
     if args.rest_api_port:
-        rest_server = start_rest_server(core, args.listen_address, args.rest_api_port)
+        rest_server = start_rest_server(core, args.listen_address, args.rest_api_port, metrics_path)
         log.info("Exporting HTTP/REST API at:%s:%d ...", args.listen_address, args.rest_api_port)
     log.info("ready in %.1fs", time.monotonic() - started)
 

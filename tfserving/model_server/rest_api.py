@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,6 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from model_server.core import ModelSpec, ServerCore
 from model_server.errors import ServingError, invalid_argument
+from model_server.monitoring import METRICS
 from model_server.servable import DEFAULT_SIGNATURE
 from model_server.tensors import from_json, to_json
 
@@ -68,6 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "model-server"
     core: ServerCore
+    metrics_path: str | None = None
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.address_string(), *args)
@@ -79,6 +82,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
+        if method == "GET" and self.metrics_path and self.path.split("?", 1)[0] == self.metrics_path:
+            self._reply_text(METRICS.exposition(), "text/plain; version=0.0.4")
+            return
+        started, status, model = time.perf_counter(), "OK", None
         try:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
@@ -88,6 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not match:
                 self._reply(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
                 return
+            model = match["name"]
             spec = ModelSpec(
                 name=match["name"],
                 version=int(match["version"]) if match["version"] else None,
@@ -104,10 +112,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._reply(HTTPStatus.OK, payload)
         except ServingError as error:
+            status = error.code.name
             self._reply(error.http_status, {"error": error.message})
         except Exception:  # noqa: BLE001 - never a traceback to the caller
+            status = "INTERNAL"
             log.exception("unexpected error for %s %s", method, self.path)
             self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error in the model server"})
+        finally:
+            if model:
+                api = "Predict" if method == "POST" else "GetModelStatus"
+                METRICS.observe(model, api, "REST", status, time.perf_counter() - started)
 
     def _status(self, spec: ModelSpec) -> dict:
         statuses = self.core.status(spec.name, spec.version, spec.label)
@@ -166,21 +180,28 @@ class _Handler(BaseHTTPRequestHandler):
         return {"predictions": [{key: value[i] for key, value in encoded.items()} for i in range(rows)]}
 
     def _reply(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload, ensure_ascii=False, indent=None).encode("utf-8")
+        self._send(status, json.dumps(payload, ensure_ascii=False, indent=None).encode("utf-8"), "application/json")
+
+    def _reply_text(self, text: str, content_type: str) -> None:
+        self._send(HTTPStatus.OK, text.encode("utf-8"), content_type)
+
+    def _send(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
 
 class RestServer(ThreadingHTTPServer):
+    """TF Serving's REST API; and its Prometheus metrics at `metrics_path` when monitoring is on."""
+
     daemon_threads = True
     allow_reuse_address = True
 
 
-def start_rest_server(core: ServerCore, address: str, port: int) -> RestServer:
-    handler = type("Handler", (_Handler,), {"core": core})
+def start_rest_server(core: ServerCore, address: str, port: int, metrics_path: str | None = None) -> RestServer:
+    handler = type("Handler", (_Handler,), {"core": core, "metrics_path": metrics_path})
     server = RestServer((address, port), handler)
     threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
     return server

@@ -1,0 +1,61 @@
+"""--monitoring_config_file: Prometheus metrics under TF Serving's names on the REST port."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import requests
+
+from model_server.monitoring import Metrics, read_monitoring_config
+from tests.tfserving.test_grpc_conformance import lstm_request
+
+
+def test_the_committed_config_enables_prometheus_at_tf_servings_path():
+    from tests.conftest import MODEL_REPOSITORY
+
+    assert read_monitoring_config(MODEL_REPOSITORY / "monitoring.config") == "/monitoring/prometheus/metrics"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("prometheus_config { enable: true }", "/monitoring/prometheus/metrics"),
+    ('prometheus_config { enable: true, path: "/m" }', "/m"),
+    ("prometheus_config { enable: false }", None),
+    ("", None),
+])
+def test_config_parsing(tmp_path, text, expected):
+    path = tmp_path / "monitoring.config"
+    path.write_text(text)
+    assert read_monitoring_config(path) == expected
+
+
+@pytest.mark.parametrize("text", ["prometheus_config { enable: maybe }", "prometheus_config { port: 9 }",
+                                  "something_else { }"])
+def test_config_errors_are_refused(tmp_path, text):
+    path = tmp_path / "monitoring.config"
+    path.write_text(text)
+    with pytest.raises(ValueError):
+        read_monitoring_config(path)
+
+
+def test_latency_histogram_is_cumulative_in_microseconds():
+    metrics = Metrics()
+    metrics.observe("lstm", "Predict", "GRPC", "OK", 0.002)
+    metrics.observe("lstm", "Predict", "GRPC", "INVALID_ARGUMENT", 20.0)
+    text = metrics.exposition()
+    assert ':tensorflow:serving:request_count{model_name="lstm",status="OK"} 1' in text
+    assert ':tensorflow:serving:request_count{model_name="lstm",status="INVALID_ARGUMENT"} 1' in text
+    buckets = [float(v) for v in re.findall(r'request_latency_bucket\{[^}]*\} (\S+)', text)]
+    assert buckets == sorted(buckets) and buckets[-1] == 2
+    labels = 'model_name="lstm",API="Predict",entrypoint="GRPC"'
+    assert f":tensorflow:serving:request_latency_sum{{{labels}}} 2.0002e+07" in text
+
+
+def test_the_server_counts_predict_calls(serving, prediction_stub):
+    if not serving.rest_url:
+        pytest.skip("no REST URL for this server")
+    prediction_stub.Predict(lstm_request(), timeout=10)
+    text = requests.get(f"{serving.rest_url}/monitoring/prometheus/metrics", timeout=5).text
+    count = re.search(r':tensorflow:serving:request_count\{model_name="lstm",status="OK"\} (\S+)', text)
+    assert count and float(count.group(1)) >= 1
+    assert 'request_latency_count{model_name="lstm",API="Predict",entrypoint="GRPC"}' in text
