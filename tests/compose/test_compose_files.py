@@ -90,6 +90,7 @@ def test_tf_serving_is_pinned_reads_the_repository_read_only_and_batches():
                  "--batching_parameters_file=/models/batching.config"):
         assert flag in flags
     assert "curl" not in str(tfserving["healthcheck"]), "the image has no curl"
+    assert tfserving["user"] == "65534:65534", "not the image's default root"
     model_server_version = tag.split("-")[0]
     pinned = (REPO_ROOT / "requirements" / "model-server.txt").read_text()
     assert f"tensorflow-cpu=={model_server_version}" in pinned, "export with the TF version the image runs"

@@ -1,0 +1,101 @@
+"""k8s/: the base and the GPU overlay build, every object validates against the Kubernetes API
+schema, and the topology matches compose and nginx's routes (one source of truth)."""
+
+from __future__ import annotations
+
+import re
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from tests.conftest import REPO_ROOT
+from tests.k8s.kustomize import build
+
+K8S = REPO_ROOT / "k8s"
+BASE, GPU = build(K8S / "base"), build(K8S / "overlays" / "gpu")
+COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]
+APIS = ("text-api", "vision-api")
+
+
+def find(documents: list[dict], kind: str, name: str) -> dict:
+    [found] = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def container(documents: list[dict], name: str) -> dict:
+    return find(documents, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("documents", [BASE, GPU], ids=["base", "gpu"])
+def test_every_object_validates_against_the_kubernetes_schema(documents):
+    version = latest_version()
+    for document in documents:
+        kubernetes_validate.validate(document, version, strict=True)
+    assert {d["kind"] for d in documents} >= {"Namespace", "PersistentVolumeClaim", "Deployment", "Service",
+                                               "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress"}
+
+
+def test_tf_serving_runs_compose_flags_on_the_read_only_repository():
+    tfserving = container(BASE, "tfserving")
+    assert tfserving["args"] == COMPOSE["tfserving"]["command"]
+    assert tfserving["image"] == COMPOSE["tfserving"]["image"]
+    assert tfserving["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    volume = find(BASE, "Deployment", "tfserving")["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["persistentVolumeClaim"] == {"claimName": "model-repository", "readOnly": True}
+    assert "AVAILABLE" in " ".join(tfserving["readinessProbe"]["exec"]["command"])
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_api_services_probe_health_scale_and_run_as_compose_does(api):
+    deployment = find(BASE, "Deployment", api)
+    spec = container(BASE, api)
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert spec["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e["value"] for e in spec["env"]}
+    for name, value in COMPOSE[api]["environment"].items():
+        assert env[name] == str(value), name
+    assert spec["image"] == f"model-serving/{api}:1.0.0"
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    hpa = find(BASE, "HorizontalPodAutoscaler", api)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": api}
+    assert hpa["spec"]["minReplicas"] >= 2 and "replicas" not in deployment["spec"]
+    service = find(BASE, "Service", api)
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_ingress_routes_what_nginx_routes_with_the_same_body_limits():
+    template = (REPO_ROOT / "services" / "nginx" / "nginx.conf.template").read_text()
+    nginx_limits = dict(re.findall(r"location = (/\w+) \{\s*client_max_body_size (\w+);", template))
+    routes = {}
+    for ingress in (d for d in BASE if d["kind"] == "Ingress"):
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        for path in ingress["spec"]["rules"][0]["http"]["paths"]:
+            backend = path["backend"]["service"]["name"]
+            assert find(BASE, "Service", backend)
+            routes[path["path"]] = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert routes == nginx_limits
+
+
+def test_everything_lands_in_the_namespace():
+    namespaced = [d for d in BASE if d["kind"] != "Namespace"]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"model-serving"}
+
+
+def test_gpu_overlay_changes_only_tf_serving_as_compose_gpu_does():
+    compose_gpu = yaml.safe_load((REPO_ROOT / "compose.gpu.yaml").read_text())["services"]["tfserving"]
+    tfserving = container(GPU, "tfserving")
+    assert tfserving["image"] == compose_gpu["image"]
+    assert tfserving["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {e["name"]: e["value"] for e in tfserving["env"]} == compose_gpu["environment"]
+    unchanged = [d for d in BASE if not (d["kind"] == "Deployment" and d["metadata"]["name"] == "tfserving")]
+    assert all(d in GPU for d in unchanged)
+
+
+def test_the_schema_check_catches_a_typo():
+    broken = yaml.safe_load(yaml.safe_dump(find(BASE, "Deployment", "text-api")))
+    broken["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, latest_version(), strict=True)
