@@ -9,6 +9,7 @@ import pytest
 
 from model_server.config import BatchingParameters, read_batching_parameters, read_model_server_config
 from model_server.main import build_parser
+from model_server.monitoring import read_monitoring_config
 from tests.conftest import MODEL_REPOSITORY, REPO_ROOT
 
 
@@ -39,13 +40,18 @@ def test_batching_parser_reads_every_field(tmp_path):
     assert read_batching_parameters(path) == BatchingParameters(8, 1000, 2, 5, True, (4, 8))
 
 
-@pytest.mark.parametrize("text", ["max_batch_size { value: 8 }\nno_such_knob { value: 1 }\n",
-                                  "max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n"])
-def test_batching_parser_refuses_what_tf_serving_would(tmp_path, text):
-    path = tmp_path / "batching.config"
+@pytest.mark.parametrize(("reader", "text"), [
+    (read_batching_parameters, "max_batch_size { value: 8 }\nno_such_knob { value: 1 }\n"),
+    (read_batching_parameters, "max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n"),
+    (read_monitoring_config, "prometheus_config { enable: maybe }"),
+    (read_monitoring_config, "prometheus_config { port: 9 }"),
+    (read_monitoring_config, "something_else { }"),
+])
+def test_config_parsers_refuse_what_tf_serving_would(tmp_path, reader, text):
+    path = tmp_path / "some.config"
     path.write_text(text)
     with pytest.raises(ValueError):
-        read_batching_parameters(path)
+        reader(path)
 
 
 def test_models_config_with_another_platform_is_refused(tmp_path):
