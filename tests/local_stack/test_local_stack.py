@@ -1,5 +1,5 @@
-"""End to end through the real nginx of `./stack up`: model server, two text-api instances, one
-vision-api instance and nginx as local processes, exactly as a user starts them."""
+"""End to end through the real nginx of `./stack up`: model server, two instances each of text-api
+and vision-api, and nginx as local processes, exactly as a user starts them."""
 
 from __future__ import annotations
 
