@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import yaml
+
 from local_stack import compose_file
 from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok
 
@@ -98,12 +100,11 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
 
     nginx_dir = run_dir / "nginx"
     nginx_dir.mkdir(parents=True, exist_ok=True)
-    values = render.values_for_local(f"{options.host}:{options.http_port}", nginx_dir, upstreams["text-api"],
-                                     upstreams["vision-api"])
-    values["temp_dir"] = str(nginx_temp)
     # nginx's workers (user nobody when started as root) may not reach the checkout; /tmp they can.
     shutil.copytree(render.STATIC_DIR, nginx_temp / "static", dirs_exist_ok=True)
-    values["static_dir"] = str(nginx_temp / "static")
+    values = render.values_for_local(f"{options.host}:{options.http_port}", nginx_dir, upstreams["text-api"],
+                                     upstreams["vision-api"], static_dir=nginx_temp / "static")
+    values["temp_dir"] = str(nginx_temp)
     (nginx_dir / "nginx.conf").write_text(render.render(values))
     specs.append(ServiceSpec(
         name="nginx",
@@ -119,8 +120,6 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
 def prometheus_config(specs: list[ServiceSpec]) -> str:
     """monitoring/prometheus.yml with this stack's loopback addresses instead of Docker's DNS, for
     anyone who runs a Prometheus beside local mode (`prometheus --config.file=.run/prometheus.yml`)."""
-    import yaml
-
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     for job in config["scrape_configs"]:
         if job["job_name"] == "tfserving":

@@ -119,6 +119,14 @@ def model_server_under_test(repository: Path, log_path: Path) -> Iterator[Servin
         process.stop()
 
 
+def api_ready(address: str) -> bool:
+    """An API instance's /readyz says yes (no answer at all counts as no)."""
+    try:
+        return requests.get(f"{address}/readyz", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 class Stack:
     """`./stack up` as a user runs it (a supervising launcher), and what its state file says."""
 

@@ -17,19 +17,12 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import wait_until
+from tests.conftest import api_ready, wait_until
 from tests.faults.load import HttpLoad
 
 pytestmark = pytest.mark.slow
 
 MODEL_TIMEOUT_SECONDS = 10  # compose.yaml's MODEL_TIMEOUT_SECONDS for both services
-
-
-def ready(address: str) -> bool:
-    try:
-        return requests.get(f"{address}/readyz", timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 def lstm_answers(address: str) -> float:
@@ -41,7 +34,7 @@ def lstm_answers(address: str) -> float:
 
 def restarted(stack, name: str, before: dict) -> bool:
     now = stack.service(name)
-    return now["restarts"] > before["restarts"] and now["pid"] != before["pid"] and ready(now["address"])
+    return now["restarts"] > before["restarts"] and now["pid"] != before["pid"] and api_ready(now["address"])
 
 
 def record(fault_table, scenario: str, load: HttpLoad, recovery: str) -> None:
@@ -57,8 +50,8 @@ def test_kill_9_of_a_gunicorn_worker_loses_nothing(stack, fault_table):
         time.sleep(1)
         killed = time.monotonic()
         worker.kill()
-        wait_until(lambda: [p.pid for p in master.children()] not in ([], [worker.pid]) and ready(instance["address"]),
-                   30, "a new worker")
+        replaced = lambda: [p.pid for p in master.children()] not in ([], [worker.pid])
+        wait_until(lambda: replaced() and api_ready(instance["address"]), 30, "a new worker")
         recovered = time.monotonic() - killed
         time.sleep(2)
     record(fault_table, "kill -9 of one gunicorn worker", load, f"new worker ready in {recovered:.1f} s")

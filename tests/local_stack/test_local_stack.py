@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import Stack, free_port, running_stack, wait_until
+from tests.conftest import Stack, api_ready, free_port, running_stack, wait_until
 
 SENTENCE = "我很喜欢中国银行的产品"  # the documents' `ab` URL carries this text
 
@@ -117,13 +117,6 @@ def test_both_text_api_instances_receive_traffic(stack):
     assert len(upstreams) >= 2
 
 
-def is_ready(address: str) -> bool:
-    try:
-        return requests.get(f"{address}/readyz", timeout=2).ok
-    except requests.ConnectionError:
-        return False
-
-
 def test_a_killed_gunicorn_master_is_restarted(stack):
     before = stack.state()["services"]["text-api-1"]
     os.kill(before["pid"], 9)
@@ -132,7 +125,7 @@ def test_a_killed_gunicorn_master_is_restarted(stack):
     while time.monotonic() < deadline:
         failures += post_line(stack.url, "质量不错").status_code != 200
         now = stack.state()["services"]["text-api-1"]
-        if now["restarts"] == before["restarts"] + 1 and is_ready(now["address"]):
+        if now["restarts"] == before["restarts"] + 1 and api_ready(now["address"]):
             break
         time.sleep(0.1)
     else:

@@ -50,3 +50,15 @@ def test_the_server_counts_predict_calls(serving, prediction_stub):
     count = re.search(r':tensorflow:serving:request_count\{model_name="lstm",status="OK"\} (\S+)', text)
     assert count and float(count.group(1)) >= 1
     assert 'request_latency_count{model_name="lstm",API="Predict",entrypoint="GRPC"}' in text
+
+
+def test_callers_model_names_are_escaped_and_bounded(monkeypatch):
+    monkeypatch.setattr("model_server.monitoring.MAX_LABEL_SETS", 3)
+    metrics = Metrics()
+    metrics.observe('a"b\nc', "Predict", "GRPC", "NOT_FOUND", 0.001)
+    for name in ("x", "y", "z", "w"):
+        metrics.observe(name, "Predict", "GRPC", "NOT_FOUND", 0.001)
+    text = metrics.exposition()
+    assert 'model_name="a\\"b\\nc"' in text and "\nc\"" not in text
+    assert 'model_name="z"' not in text and 'model_name="w"' not in text
+    assert ':tensorflow:serving:request_count{model_name="(other)",status="NOT_FOUND"} 2' in text

@@ -20,6 +20,9 @@ from pathlib import Path
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's request_latency buckets: ExponentialBuckets(10 us, x1.8, 33).
 LATENCY_BOUNDS_US = [10 * 1.8 ** i for i in range(33)]
+# Model names come from callers: past this many label sets, requests are counted under
+# model_name="(other)", so random names cannot grow the server's memory or the scrape.
+MAX_LABEL_SETS = 1000
 
 
 def read_monitoring_config(path: Path) -> str | None:
@@ -48,6 +51,8 @@ class Metrics:
     def observe(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         microseconds = seconds * 1e6
         with self._lock:
+            if (model, api, entrypoint) not in self._latency and len(self._latency) >= MAX_LABEL_SETS:
+                model = "(other)"
             self._requests[(model, status)] += 1
             buckets = self._latency.setdefault((model, api, entrypoint), [0.0] * (len(LATENCY_BOUNDS_US) + 3))
             buckets[bisect.bisect_left(LATENCY_BOUNDS_US, microseconds)] += 1
@@ -60,10 +65,11 @@ class Metrics:
             latency = {key: list(values) for key, values in self._latency.items()}
         lines = ["# TYPE :tensorflow:serving:request_count counter"]
         for (model, status), count in sorted(requests.items()):
-            lines.append(f':tensorflow:serving:request_count{{model_name="{model}",status="{status}"}} {count}')
+            labels = f'model_name="{_escape(model)}",status="{status}"'
+            lines.append(f":tensorflow:serving:request_count{{{labels}}} {count}")
         lines.append("# TYPE :tensorflow:serving:request_latency histogram")
         for (model, api, entrypoint), values in sorted(latency.items()):
-            labels = f'model_name="{model}",API="{api}",entrypoint="{entrypoint}"'
+            labels = f'model_name="{_escape(model)}",API="{api}",entrypoint="{entrypoint}"'
             running = 0.0
             for bound, count in zip([*LATENCY_BOUNDS_US, float("inf")], values):
                 running += count
@@ -72,6 +78,11 @@ class Metrics:
             lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {values[-2]:g}")
             lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {values[-1]:g}")
         return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A label value as the Prometheus text format wants it: a caller's model name may hold anything."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 METRICS = Metrics()

@@ -120,7 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error in the model server"})
         finally:
             if model:
-                api = "Predict" if method == "POST" else "GetModelStatus"
+                api = "Predict" if method == "POST" else "GetModelMetadata" if "/metadata" in self.path \
+                    else "GetModelStatus"
                 METRICS.observe(model, api, "REST", status, time.perf_counter() - started)
 
     def _status(self, spec: ModelSpec) -> dict:
