@@ -35,7 +35,8 @@ def values_for_compose() -> dict[str, str]:
         "pid_file": "/tmp/nginx.pid",
         "error_log": "/dev/stderr",
         "access_log": "/dev/stdout json_lines",
-        "temp_dir": "/tmp/nginx",
+        # nginx creates each temp folder but not its parents: /tmp exists in every image.
+        "temp_dir": "/tmp",
         "static_dir": "/usr/share/nginx/html",
         # Docker's embedded DNS; re-resolved every 5 s so scaled replicas join and leave.
         "resolver": "    resolver 127.0.0.11 valid=5s ipv6=off;\n    resolver_timeout 2s;\n",
