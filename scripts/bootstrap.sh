@@ -17,8 +17,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet -r requirements/dev.txt
-  # The serving API's wheel would pull the full `tensorflow` wheel beside tensorflow-cpu.
-  "$VENV/bin/pip" install --quiet --no-deps tensorflow-serving-api==2.21.0
+  "$VENV/bin/pip" install --quiet --no-deps -r requirements/model-server-no-deps.txt
   # The project's own libraries, editable so that the tree is what runs.
   for lib in libs/*/ client/; do "$VENV/bin/pip" install --quiet --no-deps -e "$lib"; done
   echo "$want" > "$stamp"

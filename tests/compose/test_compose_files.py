@@ -4,6 +4,7 @@ against the compose specification, and shaped the way the system needs."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +27,8 @@ COMPOSE = interpolated(REPO_ROOT / "compose.yaml")
 GPU = interpolated(REPO_ROOT / "compose.gpu.yaml")
 SERVICES = COMPOSE["services"]
 APIS = ("text-api", "vision-api")
-DOCKERFILES = sorted((REPO_ROOT / "services").glob("*/Dockerfile"))
+DOCKERFILES = sorted((REPO_ROOT / "services").glob("*/Dockerfile")) + [REPO_ROOT / "tfserving/model_server/Dockerfile"]
+MODEL_SERVER = interpolated(REPO_ROOT / "compose.model-server.yaml")["services"]["tfserving"]
 
 
 def merged_with_gpu() -> dict:
@@ -113,6 +115,18 @@ def test_gpu_override_swaps_the_image_and_reserves_a_gpu():
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_base_images_are_build_arguments_defaulting_to_pinned_official_images(dockerfile):
+    """So that users build on the official images and a test can point builds at stand-ins."""
+    lines = dockerfile.read_text().splitlines()
+    defaults = dict(line[4:].split("=", 1) for line in lines if line.startswith("ARG ") and "=" in line)
+    bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert bases and all(base.startswith("${") and base.endswith("}") for base in bases), bases
+    for base in bases:
+        official = defaults[base[2:-1]]
+        assert ":" in official and not official.endswith(":latest") and "stand-in" not in official, official
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint_is_clean(dockerfile):
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True, timeout=60)
@@ -135,3 +149,18 @@ def test_nginx_image_renders_the_shared_template_and_runs_unprivileged():
     assert "render.py compose" in dockerfile and "nginx-unprivileged" in dockerfile
     version = dockerfile.split("nginx-unprivileged:")[1].split("-")[0]
     assert tuple(map(int, version.split("."))) >= (1, 27, 3), "upstream `resolve` needs nginx 1.27.3+"
+
+
+def test_model_server_override_builds_ours_with_the_official_flags_and_tf_version():
+    """compose.model-server.yaml swaps only the image: flags, health check and mounts stay compose.yaml's."""
+    assert set(MODEL_SERVER) == {"image", "build"}
+    assert MODEL_SERVER["build"] == {"context": ".", "dockerfile": "tfserving/model_server/Dockerfile"}
+    name, _, tag = MODEL_SERVER["image"].partition(":")
+    assert name != "tensorflow/serving", "never shadow the official image's name"
+    assert tag == SERVICES["tfserving"]["image"].split(":")[1], "the TF version of the official image it replaces"
+    dockerfile = (REPO_ROOT / "tfserving/model_server/Dockerfile").read_text()
+    assert "USER 65534" in dockerfile and "model-server.txt" in dockerfile
+    for entrypoint in ("tensorflow_model_server", "tf_serving_entrypoint.sh"):
+        script = REPO_ROOT / "tfserving/model_server/entrypoints" / entrypoint
+        assert os.access(script, os.X_OK), f"{entrypoint} must be executable"
+    assert SERVICES["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
