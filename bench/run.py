@@ -1,6 +1,7 @@
 """The benchmark matrix, through the real nginx of the local stack, with wrk.
 
     .venv/bin/python -m bench.run                  # the full matrix (about 12 minutes), writes bench/results/
+    .venv/bin/python -m bench.run --modes local compose   # and the tuned cells under docker compose too
     .venv/bin/python -m bench.run --quick --out D  # a few seconds per cell (the test suite runs this)
 
 Why wrk: it keeps thousands of connections open from one thread per core with little CPU of its
@@ -16,6 +17,8 @@ hold even when absolute numbers move with the machine's load:
   http-ceiling   nginx -> gunicorn -> Flask answering a constant (bench/constant_app.py)
   model-ceiling  the SavedModel called in-process at its best batch size (bench/model_ceiling.py)
   scale-N     tuned with N text-api instances (compose.yaml's default is 2, one worker each)
+  compose     tuned, but the stack under docker compose (`--modes local compose`): the same cells
+              through nginx's published port, containers with compose.yaml's CPU and memory limits
 """
 
 from __future__ import annotations
@@ -200,42 +203,67 @@ def run_matrix(args: argparse.Namespace) -> tuple[list[Cell], dict]:
                                  "image_post.lua", pids, image_env))
 
     try:
-        say("documents' design")
-        with stack(work / "documents", port, model_server_flags=compose_flags_without_batching()) as (
-                _, pids, processes):
-            grpc_address = re.search(r"gRPC (\S+),", processes[0].spec.address).group(1)
-            baseline_port = topology.free_port()
-            baseline = documents_server(work / "documents", baseline_port, grpc_address)
-            try:
-                if topology.start_and_wait([baseline], 60):
-                    raise RuntimeError("the documents' baseline did not start")
-                text_cells("documents", f"http://127.0.0.1:{baseline_port}", [pids[0], baseline.pid],
-                           path="/lstm/predict")
-            finally:
-                baseline.stop(10)
-        say("this stack, untuned (no micro-batching)")
-        with stack(work / "untuned", port, env={"MODEL_BATCHING": "0"}) as (url, pids, _):
-            text_cells("untuned", url, pids)
-            image_cells("untuned", url, pids)
-        say("this stack, tuned")
-        with stack(work / "tuned", port) as (url, pids, _):
-            text_cells("tuned", url, pids)
-            image_cells("tuned", url, pids)
-            if args.soak_seconds:
-                cells.append(run_wrk(Cell("tuned-soak", "/lstm", args.soak_connections, args.soak_seconds),
-                                     url + "/lstm", "lstm_post.lua", pids))
-        say("HTTP ceiling (constant answer)")
-        with stack(work / "ceiling", port, text_app="bench.constant_app:create_app()") as (url, pids, _):
-            text_cells("http-ceiling", url, pids)
-        for instances in args.scale:
-            say(f"scaling: {instances} text-api instances")
-            with stack(work / f"scale-{instances}", port, text_instances=instances) as (url, pids, _):
-                text_cells(f"scale-{instances}", url, pids, levels=[args.scale_connections])
-        ceilings["lstm"] = model_ceiling("lstm", args.model_seconds)
-        ceilings["cv_sod"] = model_ceiling("cv_sod", args.model_seconds)
+        if "local" in args.modes:
+            local_cells(args, work, port, text_cells, image_cells, cells, ceilings)
+        if "compose" in args.modes:
+            say("this stack under docker compose, tuned")
+            with compose_stack(work / "compose") as (url, pids):
+                text_cells("compose", url, pids)
+                image_cells("compose", url, pids)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return cells, ceilings
+
+
+@contextlib.contextmanager
+def compose_stack(work: Path) -> Iterator[tuple[str, list[int]]]:
+    """The stack under docker compose as the live compose tier runs it (tests/compose/docker_host.py):
+    nginx's published URL and the main pids of all its containers (their CPU is metered)."""
+    from tests.compose.docker_host import compose_stack as up
+    from tests.compose.docker_host import docker_engine
+
+    work.mkdir(parents=True, exist_ok=True)
+    with docker_engine(work / "dockerd"), up(work, log=sys.stdout) as project:
+        pids = [project.inspect(c["Name"])["State"]["Pid"] for c in project.containers()]
+        yield project.url, pids
+
+
+def local_cells(args: argparse.Namespace, work: Path, port: int, text_cells, image_cells, cells: list[Cell],
+                ceilings: dict) -> None:
+    """Every variant of the matrix in local mode, and the model ceilings."""
+    say("documents' design")
+    with stack(work / "documents", port, model_server_flags=compose_flags_without_batching()) as (
+            _, pids, processes):
+        grpc_address = re.search(r"gRPC (\S+),", processes[0].spec.address).group(1)
+        baseline_port = topology.free_port()
+        baseline = documents_server(work / "documents", baseline_port, grpc_address)
+        try:
+            if topology.start_and_wait([baseline], 60):
+                raise RuntimeError("the documents' baseline did not start")
+            text_cells("documents", f"http://127.0.0.1:{baseline_port}", [pids[0], baseline.pid],
+                       path="/lstm/predict")
+        finally:
+            baseline.stop(10)
+    say("this stack, untuned (no micro-batching)")
+    with stack(work / "untuned", port, env={"MODEL_BATCHING": "0"}) as (url, pids, _):
+        text_cells("untuned", url, pids)
+        image_cells("untuned", url, pids)
+    say("this stack, tuned")
+    with stack(work / "tuned", port) as (url, pids, _):
+        text_cells("tuned", url, pids)
+        image_cells("tuned", url, pids)
+        if args.soak_seconds:
+            cells.append(run_wrk(Cell("tuned-soak", "/lstm", args.soak_connections, args.soak_seconds),
+                                 url + "/lstm", "lstm_post.lua", pids))
+    say("HTTP ceiling (constant answer)")
+    with stack(work / "ceiling", port, text_app="bench.constant_app:create_app()") as (url, pids, _):
+        text_cells("http-ceiling", url, pids)
+    for instances in args.scale:
+        say(f"scaling: {instances} text-api instances")
+        with stack(work / f"scale-{instances}", port, text_instances=instances) as (url, pids, _):
+            text_cells(f"scale-{instances}", url, pids, levels=[args.scale_connections])
+    ceilings["lstm"] = model_ceiling("lstm", args.model_seconds)
+    ceilings["cv_sod"] = model_ceiling("cv_sod", args.model_seconds)
 
 
 def machine() -> str:
@@ -280,6 +308,12 @@ def report(cells: list[Cell], ceilings: dict, command: str, seconds: float) -> s
             if ceiling and ceiling.rps:
                 line += f"; tuned / HTTP ceiling = {tuned.rps / ceiling.rps:.0%}"
             ratios.append(line)
+    for route in ("/lstm", "/cv_sod"):
+        for connections in sorted({c.connections for c in cells if c.route == route}):
+            tuned, compose = best(cells, "tuned", route, connections), best(cells, "compose", route, connections)
+            if tuned and compose and tuned.rps:
+                ratios.append(f"- `{route}` at {connections} connections: compose / local mode = "
+                              f"{compose.rps / tuned.rps:.2f}x (p99 {compose.p99_ms:.0f} vs {tuned.p99_ms:.0f} ms)")
     for connections in sorted({c.connections for c in cells if c.route == "/cv_sod"}):
         tuned = best(cells, "tuned", "/cv_sod", connections)
         if tuned and "cv_sod" in ceilings:
@@ -333,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few cells of a few seconds")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--modes", nargs="+", choices=["local", "compose"], default=["local"],
+                        help="local: every variant as local processes; compose: the tuned cells under docker compose")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.connections, args.image_connections = 2, [10], [4]
@@ -347,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     cells, ceilings = run_matrix(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = ".venv/bin/python -m bench.run" + (" --quick" if args.quick else "")
+    command = (".venv/bin/python -m bench.run" + (" --quick" if args.quick else "")
+               + (f" --modes {' '.join(args.modes)}" if args.modes != ["local"] else ""))
     (args.out / "matrix.md").write_text(report(cells, ceilings, command, args.seconds))
     (args.out / "matrix.json").write_text(json.dumps(
         {"cells": [dataclasses.asdict(c) for c in cells], "ceilings": ceilings, "machine": machine()}, indent=1))

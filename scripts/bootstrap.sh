@@ -23,6 +23,22 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
+# Debian packages compose v2 (the Go plugin, `docker compose`) from trixie on; its binary needs only
+# libc >= 2.34, so it installs on bookworm too. The suite is added from this machine's own mirror,
+# pinned low so that nothing else is taken from it.
+COMPOSE_V2_SUITE=trixie
+add_compose_v2_suite() {
+  local mirror
+  mirror=$(. /etc/os-release && apt-get indextargets --format '$(REPO_URI)' "Codename: $VERSION_CODENAME" \
+    "Target-Of: deb" | head -n 1)
+  [ -n "$mirror" ] || { echo "bootstrap: no Debian mirror in this machine's apt sources" >&2; return 1; }
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$mirror" "$COMPOSE_V2_SUITE" \
+    /usr/share/keyrings/debian-archive-keyring.gpg > /etc/apt/sources.list.d/compose-v2.sources
+  printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "$COMPOSE_V2_SUITE" \
+    > /etc/apt/preferences.d/compose-v2
+  apt-get update -qq >/dev/null
+}
+
 # Debian packages: nginx for local mode, wrk for the benchmark; for the tests, chromium, its
 # driver and a CJK font (the demo page's browser test). nginx is installed without starting its system service:
 # the stack runs its own nginx with its own config, and nothing should be left listening on :80.
@@ -33,6 +49,11 @@ if [ "${1:-}" = --for-tests ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   [ -d /usr/share/fonts/truetype/wqy ] || missing+=(fonts-wqy-microhei)  # Chinese text in screenshots
+  # The live compose tier: a Docker engine, compose v2, and debootstrap for stand-in base images
+  # where no image registry can be reached (tests/compose/stand_in_images.py).
+  command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -40,6 +61,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     apt-get update -qq >/dev/null
+    if [[ " ${missing[*]} " == *" docker-compose "* ]] && ! apt-cache policy docker-compose | grep -q 'Candidate: 2\.'; then
+      add_compose_v2_suite
+      missing=("${missing[@]/#docker-compose/docker-compose/$COMPOSE_V2_SUITE}")
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "bootstrap: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2

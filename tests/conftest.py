@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from local_stack.topology import free_port
+from tests.compose.docker_host import DockerUnavailable, docker_engine, require_compose_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "tfserving" / "models"
@@ -175,3 +176,53 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# The Docker engine for the live compose tier (tests/compose) and the benchmark's compose mode. Where
+# Docker cannot be had those tests are skipped with a loud reason, except under CI=true, where they
+# must run: CI installs what they need (scripts/bootstrap.sh --for-tests) and dockerd starts here.
+def unavailable(error: DockerUnavailable) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the live compose tier must run in CI, and cannot: {error}")
+    print(f"\n*** LIVE COMPOSE TIER SKIPPED: {error} ***", file=sys.stderr)
+    pytest.skip(f"LIVE COMPOSE TIER SKIPPED: {error}")
+
+
+@pytest.fixture(scope="session")
+def compose_cli() -> None:
+    """`docker compose` itself (enough for `config`; no engine needed)."""
+    try:
+        require_compose_cli()
+    except DockerUnavailable as error:
+        unavailable(error)
+
+
+@pytest.fixture(scope="session")
+def docker_host(compose_cli, tmp_path_factory):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(docker_engine(tmp_path_factory.mktemp("dockerd")))
+        except DockerUnavailable as error:
+            unavailable(error)
+        yield
+
+
+
+# What each fault cost, a table per mode (the folder the test lives in), printed at the end of the run.
+FAULT_TABLES: dict[str, list[dict[str, str]]] = {}
+FAULT_TABLE_TITLES = {"faults": "local mode", "compose": "docker compose"}
+
+
+@pytest.fixture
+def fault_table(request) -> list[dict[str, str]]:
+    title = FAULT_TABLE_TITLES[request.node.path.parent.name]
+    return FAULT_TABLES.setdefault(title, [])
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for title, rows in FAULT_TABLES.items():
+        terminalreporter.section(f"faults, {title}: what each one cost")
+        terminalreporter.write_line("| scenario | load | failed | recovery |")
+        terminalreporter.write_line("|---|---|---:|---|")
+        for row in rows:
+            terminalreporter.write_line(f"| {row['scenario']} | {row['load']} | {row['failed']} | {row['recovery']} |")

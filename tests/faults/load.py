@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +14,7 @@ import requests
 
 from tests.conftest import wait_until
 
+MODEL_TIMEOUT_SECONDS = 10  # compose.yaml's MODEL_TIMEOUT_SECONDS for both services
 SENTENCES = ["这个产品质量很好，我很喜欢", "物流太慢了，非常失望", "还可以吧，价格有点贵", "服务态度很差，不会再买",
              "包装精美，送人很有面子", "用了两天就坏了", "性价比很高，推荐购买", "一般般，没有想象中好"]
 
@@ -40,7 +43,7 @@ class HttpLoad:
 
     def __init__(self, url: str, send: Callable[[requests.Session, str, int], requests.Response] = post_sentence,
                  threads: int = 4, rate_per_thread: float = 25.0):
-        self.url, self.send, self.period = url, send, 1.0 / rate_per_thread
+        self.url, self.send, self.period, self.clients = url, send, 1.0 / rate_per_thread, threads
         self.outcomes: list[Outcome] = []
         self._numbers = itertools.count()
         self._stop = threading.Event()
@@ -96,3 +99,39 @@ class HttpLoad:
         if len(self.outcomes) < 2:
             return 0.0
         return len(self.outcomes) / (self.outcomes[-1].started - self.outcomes[0].started)
+
+
+def record_fault(fault_table: list[dict[str, str]], scenario: str, load: HttpLoad, recovery: str) -> None:
+    """One row of the fault table: the scenario, the load it ran under, what failed, the recovery."""
+    fault_table.append({"scenario": scenario, "load": f"{load.clients} clients, {load.rate():.0f} req/s, "
+                        f"{len(load.outcomes)} requests", "failed": str(len(load.failed())), "recovery": recovery})
+
+
+def lstm_answers(address: str) -> float:
+    """Successful /lstm answers this API instance has given since its master started."""
+    metrics = requests.get(f"{address}/metrics", timeout=5).text
+    found = re.search(r'^http_requests_total\{method="POST",route="/lstm",status="200"\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def models_available(rest_url: str, models: tuple[str, ...] = ("lstm", "cv_sod")) -> bool:
+    """The model server's REST status says every model has an AVAILABLE version."""
+    statuses = [requests.get(f"{rest_url}/v1/models/{m}", timeout=2).json() for m in models]
+    return all(s["model_version_status"][0]["state"] == "AVAILABLE" for s in statuses)
+
+
+def check_model_server_outage(fault_table: list[dict[str, str]], scenario: str, load: HttpLoad, killed: float,
+                              available: float) -> None:
+    """While the model server is down every request is a fast JSON 503 with Retry-After, and full
+    service is back within 5 s of the models being AVAILABLE again."""
+    failed = load.failed()
+    assert failed, "the outage should have been seen"
+    last_failure = load.last_failure_end()
+    median_ms, slowest_ms = 1000 * statistics.median(o.seconds for o in failed), 1000 * max(o.seconds for o in failed)
+    record_fault(fault_table, scenario, load,
+                 f"outage {available - killed:.1f} s: {len(failed)} 503s with Retry-After, median "
+                 f"{median_ms:.0f} ms, slowest {slowest_ms:.0f} ms; "
+                 f"full service {max(0.0, last_failure - available):.1f} s after AVAILABLE")
+    assert all(o.status == 503 and o.json_error_code and o.retry_after for o in failed), failed[:5]
+    assert max(o.seconds for o in failed) < MODEL_TIMEOUT_SECONDS, "no request waits past its deadline"
+    assert last_failure - available <= 5, "full service within 5 s of the model being AVAILABLE"

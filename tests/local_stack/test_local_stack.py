@@ -3,21 +3,17 @@ and vision-api, and nginx as local processes, exactly as a user starts them."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import time
 
-import cv2
-import numpy as np
 import psutil
 import pytest
 import requests
 
+from tests import end_to_end
 from tests.conftest import Stack, api_ready, free_port, running_stack, wait_until
-
-SENTENCE = "我很喜欢中国银行的产品"  # the documents' `ab` URL carries this text
+from tests.end_to_end import post_line
 
 
 @pytest.fixture(scope="module")
@@ -26,68 +22,16 @@ def stack(tmp_path_factory):
         yield stack
 
 
-def post_line(url: str, line: str) -> requests.Response:
-    return requests.post(f"{url}/lstm", json={"line": line}, timeout=10)
-
-
-def image_bytes() -> bytes:
-    from skimage import data
-
-    return cv2.imencode(".jpg", cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))[1].tobytes()
-
-
 def test_text_routes_through_nginx(stack):
-    reply = post_line(stack.url, "这个产品质量很好，我非常喜欢")
-    assert reply.status_code == 200 and reply.json()["label"] == "POS"
-    lines = requests.post(f"{stack.url}/lstm", json={"lines": ["很好", "太差了，垃圾"]}, timeout=10).json()
-    assert [r["label"] for r in lines["results"]] == ["POS", "NEG"]
-    encoded = base64.urlsafe_b64encode(SENTENCE.encode()).decode()
-    assert encoded == "5oiR5b6I5Zac5qyi5Lit5Zu96ZO26KGM55qE5Lqn5ZOB"
-    assert requests.get(f"{stack.url}/lstm?line={encoded}", timeout=10).json()["label"] in ("POS", "NEG")
-    # The documents' clients, verbatim in shape: GET with base64, POST json.dumps without Content-Type.
-    documents_get = requests.get(f"{stack.url}/lstm/predict?line={encoded}", timeout=10).json()
-    documents_post = requests.post(f"{stack.url}/lstm/predict", data=json.dumps({"line": SENTENCE}), timeout=10).json()
-    assert documents_get["status"] == 0 and documents_get == documents_post
+    end_to_end.check_text_routes(stack.url)
 
 
 def test_image_routes_through_nginx(stack):
-    image = image_bytes()
-    height, width = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR).shape[:2]
-    raw = requests.post(f"{stack.url}/cv_sod", data=image, headers={"Content-Type": "image/jpeg"}, timeout=30)
-    assert raw.status_code == 200 and raw.headers["Content-Type"] == "image/png"
-    assert cv2.imdecode(np.frombuffer(raw.content, np.uint8), 0).shape == (height, width)
-    # The documents' client: files={'img': open(path, 'rb')}, data="".
-    documents = requests.post(f"{stack.url}/cv_sod/predict", data="", files={"img": io.BytesIO(image)}, timeout=30)
-    assert documents.status_code == 200 and documents.json()["status"] == 0
-    assert base64.b64decode(documents.json()["mask_png"]) == raw.content
-    small = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))[1].tobytes()
-    documents_get = requests.get(f"{stack.url}/cv_sod/predict?img={base64.urlsafe_b64encode(small).decode()}",
-                                 timeout=30)
-    assert documents_get.status_code == 200 and documents_get.json()["width"] == 8
-    as_json = requests.post(f"{stack.url}/cv_sod?format=json", json={"img": base64.b64encode(image).decode()},
-                            timeout=30)
-    assert as_json.status_code == 200 and as_json.json()["height"] == height
+    end_to_end.check_image_routes(stack.url)
 
 
 def test_nginx_answers_in_json_for_what_it_refuses(stack):
-    index = requests.get(f"{stack.url}/", timeout=5)
-    assert index.status_code == 200 and "POST /lstm" in index.json()["routes"]
-    missing = requests.get(f"{stack.url}/v1/models/lstm", timeout=5)
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-    too_big_text = requests.post(f"{stack.url}/lstm", data=b"x" * (2 << 20),
-                                 headers={"Content-Type": "application/json"}, timeout=10)
-    assert too_big_text.status_code == 413 and too_big_text.json()["error"]["code"] == "payload_too_large"
-    too_big_image = requests.post(f"{stack.url}/cv_sod", data=b"\xff" * (22 << 20),
-                                  headers={"Content-Type": "image/jpeg"}, timeout=30)
-    assert too_big_image.status_code == 413 and too_big_image.headers["Content-Type"] == "application/json"
-    assert "Server" not in missing.headers or missing.headers["Server"] == "nginx", "no version disclosed"
-    for headers in ({}, {"X-Big": "a" * 70_000}):
-        too_long = requests.get(f"{stack.url}/cv_sod?img={'A' * (100_000 if not headers else 4)}", headers=headers,
-                                timeout=10)
-        assert too_long.status_code in (400, 414) and too_long.json()["error"]["code"], too_long.text[:200]
-    for name, value in (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
-                        ("Referrer-Policy", "no-referrer")):
-        assert missing.headers[name] == value and too_big_text.headers[name] == value
+    end_to_end.check_nginx_refusals_are_json(stack.url)
 
 
 def test_request_ids_pass_through_nginx_to_the_service(stack):

@@ -1,0 +1,208 @@
+"""The stack under docker compose, for real: images built, `docker compose up --wait --scale
+text-api=4`, then what users do to it: call every route through the published port, scale up and
+down under load, kill replicas and the model server, look for what runs as root or is published,
+add the monitoring profile, and take it all down again.
+
+One project serves the whole module, in file order; each fault scenario waits until the stack is
+whole again before it ends. The same steady load and the same fault table as local mode
+(tests/faults): the table is printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from tests import end_to_end
+from tests.compose.docker_host import COMPOSE_FILE, GPU_OVERRIDE, MODEL_SERVER_OVERRIDE, REPO_ROOT, ComposeProject
+from tests.conftest import api_ready, wait_until
+from tests.faults.load import HttpLoad, check_model_server_outage, lstm_answers, models_available, record_fault
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+
+def text_api_replicas(compose: ComposeProject) -> dict[str, str]:
+    """Running text-api containers -> their address on the compose network."""
+    return {c["Name"]: compose.address(c["Name"]) for c in compose.containers("text-api") if c["State"] == "running"}
+
+
+def main_pid(compose: ComposeProject, container: str) -> int:
+    return compose.inspect(container)["State"]["Pid"]
+
+
+def restart_count(compose: ComposeProject, container: str) -> int:
+    return compose.inspect(container)["RestartCount"]
+
+
+def healthy(compose: ComposeProject, container: str) -> bool:
+    state = compose.inspect(container)["State"]
+    return state["Running"] and state.get("Health", {}).get("Status") == "healthy"
+
+
+def test_every_route_and_the_legacy_forms_through_the_published_port(compose):
+    end_to_end.check_text_routes(compose.url)
+    end_to_end.check_image_routes(compose.url)
+    end_to_end.check_nginx_refusals_are_json(compose.url)
+
+
+def test_request_ids_reach_the_services_and_come_back(compose):
+    reply = requests.post(f"{compose.url}/lstm", json={"line": "好"}, headers={"X-Request-ID": "compose-7"}, timeout=10)
+    assert reply.headers["X-Request-ID"] == "compose-7"
+    assert len(requests.post(f"{compose.url}/lstm", json={"line": "好"}, timeout=10).headers["X-Request-ID"]) == 32
+    failed = requests.post(f"{compose.url}/lstm", json={"nope": 1}, headers={"X-Request-ID": "compose-8"}, timeout=10)
+    assert failed.status_code == 400 and failed.json()["error"]["request_id"] == "compose-8"
+    wait_until(lambda: '"request_id": "compose-8"' in compose.run("logs", "--no-color", "text-api").stdout, 10,
+               "the service's log line")
+    wait_until(lambda: '"request_id":"compose-7"' in compose.run("logs", "--no-color", "nginx").stdout, 10,
+               "nginx's access line")
+
+
+def test_all_four_replicas_receive_traffic(compose):
+    replicas = text_api_replicas(compose)
+    assert len(replicas) == 4
+    before = {name: lstm_answers(address) for name, address in replicas.items()}
+    for _ in range(120):
+        assert end_to_end.post_line(compose.url, "还不错").status_code == 200
+    served = {name: lstm_answers(address) - before[name] for name, address in replicas.items()}
+    assert all(count >= 10 for count in served.values()), served
+
+
+def test_scaling_to_six_under_load_needs_no_reload_and_back_to_two_loses_nothing(compose, fault_table):
+    nginx = compose.containers("nginx")[0]["Name"]
+    nginx_started = compose.inspect(nginx)["State"]["StartedAt"]
+    with HttpLoad(compose.url) as load:
+        started = time.monotonic()
+        compose.run("up", "--detach", "--wait", "--no-recreate", "--scale", "text-api=6")
+        new = {n: a for n, a in text_api_replicas(compose).items() if n.endswith(("-5", "-6"))}
+        assert len(new) == 2, new
+        wait_until(lambda: all(lstm_answers(a) >= 10 for a in new.values()), 30, "the new replicas to get traffic")
+        joined = time.monotonic() - started
+    record_fault(fault_table, "scale text-api 4 -> 6 (`up --scale text-api=6 --no-recreate`)", load,
+                 f"new replicas served traffic {joined:.1f} s after the command; no nginx reload")
+    assert load.failed() == [], load.failed()[:5]
+    assert compose.inspect(nginx)["State"]["StartedAt"] == nginx_started, "nginx was not restarted"
+
+    with HttpLoad(compose.url) as load:
+        started = time.monotonic()
+        compose.run("up", "--detach", "--wait", "--no-recreate", "--scale", "text-api=2")
+        shrunk = time.monotonic() - started
+        time.sleep(6)  # past nginx's DNS validity (5 s): requests now go to the two that remain
+    record_fault(fault_table, "scale text-api 6 -> 2 under load", load, f"4 replicas drained and removed in "
+                 f"{shrunk:.1f} s")
+    assert len(text_api_replicas(compose)) == 2
+    assert load.failed() == [], load.failed()[:5]
+
+
+def test_kill_9_of_a_replica_is_restarted_by_its_policy_and_loses_nothing(compose, fault_table):
+    victim = sorted(text_api_replicas(compose))[0]
+    restarts = restart_count(compose, victim)
+    with HttpLoad(compose.url) as load:
+        time.sleep(1)
+        killed = time.monotonic()
+        os.kill(main_pid(compose, victim), signal.SIGKILL)  # a crash, which the restart policy restarts
+        wait_until(lambda: restart_count(compose, victim) > restarts and healthy(compose, victim), 90,
+                   f"{victim} to be restarted and healthy")
+        recovered = time.monotonic() - killed
+        address = compose.address(victim)
+        wait_until(lambda: lstm_answers(address) >= 10, 30, "traffic to reach the restarted replica")
+    record_fault(fault_table, "kill -9 of one text-api replica's main process (of 2)", load,
+                 f"restarted by `restart: unless-stopped`, healthy in {recovered:.1f} s; serving again")
+    assert load.failed() == [], load.failed()[:5]
+
+
+def test_sigterm_to_a_replica_drains_it_without_losing_requests(compose, fault_table):
+    victim = sorted(text_api_replicas(compose))[-1]
+    restarts = restart_count(compose, victim)
+    with HttpLoad(compose.url) as load:
+        time.sleep(1)
+        stopped = time.monotonic()
+        os.kill(main_pid(compose, victim), signal.SIGTERM)
+        wait_until(lambda: restart_count(compose, victim) > restarts, 60, f"{victim} to exit and restart")
+        drained = time.monotonic() - stopped
+        wait_until(lambda: healthy(compose, victim), 90, f"{victim} to be healthy again")
+        time.sleep(1)
+    record_fault(fault_table, "SIGTERM to one text-api replica (graceful stop)", load,
+                 f"drained and exited in {drained:.1f} s, then restarted by its policy")
+    assert load.failed() == [], load.failed()[:5]
+
+
+def test_kill_9_of_the_model_server_gives_fast_503s_then_full_service(compose, fault_table):
+    tfserving = compose.containers("tfserving")[0]["Name"]
+    restarts = restart_count(compose, tfserving)
+    with HttpLoad(compose.url) as load:
+        time.sleep(1)
+        killed = time.monotonic()
+        os.kill(main_pid(compose, tfserving), signal.SIGKILL)
+        wait_until(lambda: restart_count(compose, tfserving) > restarts
+                   and models_available(compose.address(tfserving, 8501)), 120, "the model server to be back")
+        available = time.monotonic()
+        wait_until(lambda: load.outcomes[-1].started > available + 6, 30, "6 s of load after the restart")
+    check_model_server_outage(fault_table, "model server kill -9, restarted by its policy", load, killed, available)
+    wait_until(lambda: healthy(compose, tfserving), 60, "the model server's health check")
+    assert all(api_ready(address) for address in text_api_replicas(compose).values())
+
+
+def test_nothing_runs_as_root_the_repository_is_read_only_and_only_nginx_is_published(compose):
+    for container in compose.containers():
+        uid = subprocess.run(["docker", "exec", container["Name"], "id", "-u"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert uid != "0", f"{container['Name']} runs as root"
+        published = [p for p in container.get("Publishers") or [] if p.get("PublishedPort")]
+        assert bool(published) == (container["Service"] == "nginx"), (container["Name"], published)
+    tfserving = compose.containers("tfserving")[0]["Name"]
+    [models] = [m for m in compose.inspect(tfserving)["Mounts"] if m["Destination"] == "/models"]
+    assert models["RW"] is False
+
+
+def test_monitoring_profile_finds_every_replica_through_dns(compose):
+    compose.run("--profile", "monitoring", "up", "--detach", "--wait", "--no-recreate", "prometheus")
+    prometheus = compose.address(compose.containers("prometheus")[0]["Name"], 9090)
+    expected = {"text-api": len(text_api_replicas(compose)), "vision-api": len(compose.containers("vision-api")),
+                "tfserving": 1}
+
+    def all_up() -> bool:
+        targets = requests.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        up = {job: sum(t["labels"]["job"] == job and t["health"] == "up" for t in targets) for job in expected}
+        return up == expected
+
+    wait_until(all_up, 60, f"Prometheus to scrape {expected} targets, all up", interval=1)
+
+
+def test_gpu_override_merges_as_intended(compose_cli):
+    """No GPU here to run it: `docker compose config` shows what a GPU host would run."""
+    merged = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "-f", str(GPU_OVERRIDE), "config",
+                             "--format", "json"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    services = json.loads(merged.stdout)["services"]
+    plain = json.loads(subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+                                      cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout)["services"]
+    tfserving = services["tfserving"]
+    assert tfserving["image"] == plain["tfserving"]["image"] + "-gpu"
+    [device] = tfserving["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert tfserving["command"] == plain["tfserving"]["command"]
+    assert tfserving["healthcheck"] == plain["tfserving"]["healthcheck"]
+    assert {k: v for k, v in services.items() if k != "tfserving"} == \
+        {k: v for k, v in plain.items() if k != "tfserving"}, "only the model server changes"
+
+
+def test_model_server_override_changes_only_the_image(compose_cli):
+    def config(*files):
+        args = [a for f in files for a in ("-f", str(f))]
+        return json.loads(subprocess.run(["docker", "compose", *args, "config", "--format", "json"], cwd=REPO_ROOT,
+                                         capture_output=True, text=True, check=True).stdout)["services"]
+
+    plain, ours = config(COMPOSE_FILE), config(COMPOSE_FILE, MODEL_SERVER_OVERRIDE)
+    assert ours["tfserving"]["build"]["dockerfile"] == "tfserving/model_server/Dockerfile"
+    strip = lambda service: {k: v for k, v in service.items() if k not in ("image", "build")}
+    assert strip(ours["tfserving"]) == strip(plain["tfserving"])
+
+
+def test_down_leaves_no_container_network_or_volume(compose):
+    compose.down()
+    assert compose.leftovers() == {"containers": [], "networks": [], "volumes": []}

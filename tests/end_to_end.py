@@ -1,0 +1,79 @@
+"""What a caller sees through nginx's published port, checked the same way in local mode
+(tests/local_stack) and under docker compose (tests/compose): every route, the legacy `/predict`
+forms existing clients call, and nginx's own refusals as JSON."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import cv2
+import numpy as np
+import requests
+
+SENTENCE = "我很喜欢中国银行的产品"  # the documents' `ab` URL carries this text
+
+
+def post_line(url: str, line: str) -> requests.Response:
+    return requests.post(f"{url}/lstm", json={"line": line}, timeout=10)
+
+
+def image_bytes() -> bytes:
+    from skimage import data
+
+    return cv2.imencode(".jpg", cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def check_text_routes(url: str) -> None:
+    reply = post_line(url, "这个产品质量很好，我非常喜欢")
+    assert reply.status_code == 200 and reply.json()["label"] == "POS"
+    lines = requests.post(f"{url}/lstm", json={"lines": ["很好", "太差了，垃圾"]}, timeout=10).json()
+    assert [r["label"] for r in lines["results"]] == ["POS", "NEG"]
+    encoded = base64.urlsafe_b64encode(SENTENCE.encode()).decode()
+    assert encoded == "5oiR5b6I5Zac5qyi5Lit5Zu96ZO26KGM55qE5Lqn5ZOB"
+    assert requests.get(f"{url}/lstm?line={encoded}", timeout=10).json()["label"] in ("POS", "NEG")
+    # The documents' clients, verbatim in shape: GET with base64, POST json.dumps without Content-Type.
+    documents_get = requests.get(f"{url}/lstm/predict?line={encoded}", timeout=10).json()
+    documents_post = requests.post(f"{url}/lstm/predict", data=json.dumps({"line": SENTENCE}), timeout=10).json()
+    assert documents_get["status"] == 0 and documents_get == documents_post
+
+
+def check_image_routes(url: str) -> None:
+    image = image_bytes()
+    height, width = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    raw = requests.post(f"{url}/cv_sod", data=image, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert raw.status_code == 200 and raw.headers["Content-Type"] == "image/png"
+    assert cv2.imdecode(np.frombuffer(raw.content, np.uint8), 0).shape == (height, width)
+    # The documents' client: files={'img': open(path, 'rb')}, data="".
+    documents = requests.post(f"{url}/cv_sod/predict", data="", files={"img": io.BytesIO(image)}, timeout=30)
+    assert documents.status_code == 200 and documents.json()["status"] == 0
+    assert base64.b64decode(documents.json()["mask_png"]) == raw.content
+    small = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))[1].tobytes()
+    documents_get = requests.get(f"{url}/cv_sod/predict?img={base64.urlsafe_b64encode(small).decode()}",
+                                 timeout=30)
+    assert documents_get.status_code == 200 and documents_get.json()["width"] == 8
+    as_json = requests.post(f"{url}/cv_sod?format=json", json={"img": base64.b64encode(image).decode()},
+                            timeout=30)
+    assert as_json.status_code == 200 and as_json.json()["height"] == height
+
+
+def check_nginx_refusals_are_json(url: str) -> None:
+    index = requests.get(f"{url}/", timeout=5)
+    assert index.status_code == 200 and "POST /lstm" in index.json()["routes"]
+    missing = requests.get(f"{url}/v1/models/lstm", timeout=5)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    too_big_text = requests.post(f"{url}/lstm", data=b"x" * (2 << 20),
+                                 headers={"Content-Type": "application/json"}, timeout=10)
+    assert too_big_text.status_code == 413 and too_big_text.json()["error"]["code"] == "payload_too_large"
+    too_big_image = requests.post(f"{url}/cv_sod", data=b"\xff" * (22 << 20),
+                                  headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert too_big_image.status_code == 413 and too_big_image.headers["Content-Type"] == "application/json"
+    assert "Server" not in missing.headers or missing.headers["Server"] == "nginx", "no version disclosed"
+    for headers in ({}, {"X-Big": "a" * 70_000}):
+        too_long = requests.get(f"{url}/cv_sod?img={'A' * (100_000 if not headers else 4)}", headers=headers,
+                                timeout=10)
+        assert too_long.status_code in (400, 414) and too_long.json()["error"]["code"], too_long.text[:200]
+    for name, value in (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                        ("Referrer-Policy", "no-referrer")):
+        assert missing.headers[name] == value and too_big_text.headers[name] == value
