@@ -101,6 +101,7 @@ class ComposeProject:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.files = [COMPOSE_FILE]
         self.substitutions: dict[str, str] = {}  # official image -> what the project uses instead
+        self.timings: dict[str, float] = {}  # step -> seconds, filled by compose_stack
 
     def prepare(self, log=None) -> None:
         """Choose the images: the official ones where they can be pulled, else ours and stand-ins."""
@@ -136,6 +137,16 @@ class ComposeProject:
     def built_images(self) -> list[str]:
         return [s["image"] for s in yaml.safe_load(self.files[-1].read_text())["services"].values()
                 if "build" in s or s["image"].startswith(PROJECT_PREFIX)]
+
+    def image_sizes(self) -> dict[str, float]:
+        """MB of each image the project runs."""
+        sizes = {}
+        for image in self.run("config", "--images").stdout.split():
+            found = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                                   capture_output=True, text=True)
+            if found.returncode == 0:
+                sizes[image] = int(found.stdout) / 1e6
+        return sizes
 
     def build(self) -> None:
         """`docker compose build`; the builds it supersedes are removed (they would pile up)."""
@@ -206,9 +217,12 @@ def compose_stack(work_dir: Path, *up_args: str, log=None) -> Iterator[ComposePr
         project.build()
         built = time.monotonic()
         project.run("up", "--detach", "--wait", *up_args, timeout=600)
+        project.timings = {"base images (pulled, or stand-ins found or built)": prepared - started,
+                           "docker compose build": built - prepared,
+                           "docker compose up --wait": time.monotonic() - built}
         if log:
-            print(f"compose: base images chosen in {prepared - started:.0f} s, built in {built - prepared:.0f} s, "
-                  f"up and healthy in {time.monotonic() - built:.0f} s", file=log, flush=True)
+            print("compose: " + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in project.timings.items()),
+                  file=log, flush=True)
         yield project
     except BaseException:
         (work_dir / "compose-logs.txt").write_text(project.logs(400))

@@ -1,4 +1,4 @@
-"""compose.yaml and compose.gpu.yaml, checked statically (no Docker engine runs here): valid
+"""compose.yaml and its overrides, checked statically (tests/compose/test_compose_live.py runs them): valid
 against the compose specification, and shaped the way the system needs."""
 
 from __future__ import annotations
