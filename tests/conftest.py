@@ -24,6 +24,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "tfserving" / "models"
 
 
+def pytest_sessionstart(session) -> None:
+    """A SIGTERM (a CI time-out, `kill`) stops the run the way Ctrl-C does, so fixtures still tear
+    down: stacks stopped, containers removed, a dockerd started here stopped."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
