@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -77,3 +80,21 @@ def check_nginx_refusals_are_json(url: str) -> None:
     for name, value in (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                         ("Referrer-Policy", "no-referrer")):
         assert missing.headers[name] == value and too_big_text.headers[name] == value
+
+
+def check_access_log_is_private(url: str, read_log: Callable[[], str]) -> None:
+    """Callers' texts and images travel in query strings; nginx's access log keeps the path and
+    the sizes only, and at most 256 characters of a path."""
+    secret = base64.urlsafe_b64encode("我的银行卡密码是多少".encode()).decode()
+    reply = requests.get(f"{url}/lstm?line={secret}", headers={"X-Request-ID": "e2e-privacy"}, timeout=10)
+    assert reply.status_code == 200
+    long_path = requests.get(f"{url}/{'p' * 5000}", headers={"X-Request-ID": "e2e-long"}, timeout=10)
+    assert long_path.status_code == 404
+    deadline = time.monotonic() + 10
+    while "e2e-long" not in read_log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = read_log()
+    lines = {entry["request_id"]: entry for entry in map(json.loads, re.findall(r'\{"ts":.*\}', log))}
+    assert secret not in log
+    assert lines["e2e-privacy"]["path"] == "/lstm" and lines["e2e-privacy"]["bytes_in"] > len(secret)
+    assert len(lines["e2e-long"]["path"]) == 256, "long paths are cut"

@@ -31,7 +31,7 @@ def _servers(addresses: list[str], resolve: bool) -> str:
 
 def values_for_compose() -> dict[str, str]:
     return {
-        "worker_processes": "auto",
+        "worker_processes": "# (set by start-nginx.sh)",
         "pid_file": "/tmp/nginx.pid",
         "error_log": "/dev/stderr",
         "access_log": "/dev/stdout json_lines",
@@ -50,7 +50,7 @@ def values_for_local(listen: str, run_dir: Path, text_api: list[str], vision_api
                      worker_processes: str = "auto", static_dir: Path = STATIC_DIR) -> dict[str, str]:
     run_dir = run_dir.resolve()
     return {
-        "worker_processes": worker_processes,
+        "worker_processes": f"worker_processes {worker_processes};",
         "pid_file": str(run_dir / "nginx.pid"),
         "error_log": str(run_dir / "error.log"),
         "access_log": f"{run_dir / 'access.log'} json_lines",

@@ -67,6 +67,14 @@ def test_monitoring_is_an_optional_profile_reading_the_repository_config():
     assert "--monitoring_config_file=/models/monitoring.config" in SERVICES["tfserving"]["command"]
 
 
+def test_grafana_has_no_default_admin_login():
+    environment = SERVICES["grafana"]["environment"]
+    assert environment["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert environment["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert not any("PASSWORD" in name for name in environment), "no credentials in the repository"
+
+
 def test_every_service_restarts_has_a_health_check_and_limits():
     for name, service in SERVICES.items():
         assert service["restart"] in ("unless-stopped", "always"), name

@@ -11,11 +11,13 @@ whole again before it ends. The same steady load and the same fault table as loc
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 import requests
 
@@ -61,6 +63,17 @@ def test_request_ids_reach_the_services_and_come_back(compose):
                "the service's log line")
     wait_until(lambda: '"request_id":"compose-7"' in compose.run("logs", "--no-color", "nginx").stdout, 10,
                "nginx's access line")
+
+
+def test_the_access_log_keeps_paths_and_sizes_never_payloads(compose):
+    end_to_end.check_access_log_is_private(compose.url, lambda: compose.run("logs", "--no-color", "nginx").stdout)
+
+
+def test_nginx_runs_one_worker_per_cpu_of_its_limit_not_of_the_host(compose):
+    nginx = compose.containers("nginx")[0]["Name"]
+    limit = compose.inspect(nginx)["HostConfig"]["NanoCpus"] / 1e9
+    master = psutil.Process(main_pid(compose, nginx))
+    assert len(master.children()) == min(os.cpu_count(), math.ceil(limit)), (limit, master.children())
 
 
 def test_all_four_replicas_receive_traffic(compose):
