@@ -51,7 +51,7 @@ def up(args: argparse.Namespace) -> int:
     state_file = run_dir / "stack.json"
     if state_file.exists():
         stale = json.loads(state_file.read_text())
-        if _alive(stale["launcher_pid"]):
+        if _alive(stale["launcher_pid"], stale.get("launcher_started")):
             sys.exit(f"local_stack: already running (pid {stale['launcher_pid']}); `./stack down` first")
         _kill_groups(stale.get("process_groups", []))
     if not port_is_free(args.host, args.http_port):
@@ -107,11 +107,11 @@ def down(args: argparse.Namespace) -> int:
         say("no stack is running here")
         return 0
     state = json.loads(state_file.read_text())
-    pid = state["launcher_pid"]
-    if _alive(pid):
+    pid, started = state["launcher_pid"], state.get("launcher_started")
+    if _alive(pid, started):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + topology.STOP_TIMEOUT_SECONDS * 3
-        while _alive(pid) and time.monotonic() < deadline:
+        while _alive(pid, started) and time.monotonic() < deadline:
             time.sleep(0.2)
     _kill_groups(state.get("process_groups", []))
     state_file.unlink(missing_ok=True)
@@ -121,7 +121,8 @@ def down(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     state_file = args.run_dir.resolve() / "stack.json"
-    if not state_file.exists() or not _alive(json.loads(state_file.read_text())["launcher_pid"]):
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if not state or not _alive(state["launcher_pid"], state.get("launcher_started")):
         say("not running")
         return 1
     print(state_file.read_text())
@@ -130,8 +131,10 @@ def status(args: argparse.Namespace) -> int:
 
 def _write_state(state_file: Path, processes: list[SupervisedProcess], written: str = "") -> str:
     """Record pids and addresses for `down`/`status`; rewritten only when something changed."""
-    state = {"launcher_pid": os.getpid(),
-             "process_groups": [p.pid for p in processes if p.pid],
+    state = {"launcher_pid": os.getpid(), "launcher_started": _start_time(os.getpid()),
+             # A pid alone may belong to a stranger by the time `down` reads this (a crash, a
+             # reboot): each is recorded with its start time, and signalled only if both match.
+             "process_groups": [[p.pid, _start_time(p.pid)] for p in processes if p.pid],
              "services": {p.spec.name: {"pid": p.pid, "address": p.spec.address, "restarts": p.restarts}
                           for p in processes}}
     text = json.dumps(state, indent=2)
@@ -142,23 +145,37 @@ def _write_state(state_file: Path, processes: list[SupervisedProcess], written: 
     return text
 
 
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for its parent (e.g. a test) to reap it."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state is [0], pgrp [2], start time [19])."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
-    return state != "Z"
+        return None
 
 
-def _kill_groups(groups: list[int]) -> None:
-    for group in groups:
+def _start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot: with the pid, its identity."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    """Running, not a zombie, and (given `started`) the very process recorded, not a stranger that
+    reuses its pid."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def _kill_groups(groups: list[list[int]]) -> None:
+    """SIGKILL each recorded process group that is still ours. A group's id is its leader's pid:
+    while the leader lives it must be the recorded process; once it is gone, the kernel does not
+    hand its pid to anyone while members of the group remain, so the members are ours."""
+    for group, started in groups:
+        leader = _stat(group)
+        if leader is not None and int(leader[19]) != started:
+            continue  # the pid now belongs to another process
         try:
             os.killpg(group, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -47,6 +50,10 @@ def test_request_ids_pass_through_nginx_to_the_service(stack):
     wait_until(lambda: '"request_id": "e2e-req-8"' in logs(), 5, "the service's log line")
 
 
+def test_the_access_log_keeps_paths_and_sizes_never_payloads(stack):
+    end_to_end.check_access_log_is_private(stack.url, (stack.run_dir / "nginx" / "access.log").read_text)
+
+
 def test_both_text_api_instances_receive_traffic(stack):
     for _ in range(60):
         assert post_line(stack.url, "还不错").status_code == 200
@@ -57,7 +64,7 @@ def test_both_text_api_instances_receive_traffic(stack):
                            if line.startswith('http_requests_total{method="POST",route="/lstm"'))
     assert all(count >= 10 for count in counts.values()), counts
     upstreams = {json.loads(line)["upstream"] for line in (stack.run_dir / "nginx" / "access.log").read_text()
-                 .splitlines() if '"uri":"/lstm"' in line}
+                 .splitlines() if '"path":"/lstm"' in line}
     assert len(upstreams) >= 2
 
 
@@ -95,3 +102,22 @@ def test_down_stops_everything(tmp_path_factory):
         assert not (run_dir / "stack.json").exists()
     finally:
         stack.process.stop()
+
+
+def test_down_never_signals_a_stranger_that_reuses_a_recorded_pid(tmp_path):
+    """After a crash or a reboot the pids in .run/stack.json may belong to other processes."""
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own group, as a stack process
+    try:
+        real_start = int(Path(f"/proc/{stranger.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        (tmp_path / "stack.json").write_text(json.dumps({
+            "launcher_pid": stranger.pid, "launcher_started": real_start - 1,
+            "process_groups": [[stranger.pid, real_start - 1]], "services": {}}))
+        result = subprocess.run([sys.executable, "-m", "local_stack", "--run-dir", str(tmp_path), "down"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        time.sleep(0.5)
+        assert stranger.poll() is None, "local_stack signalled a process that is not its own"
+        assert not (tmp_path / "stack.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
