@@ -10,6 +10,7 @@ import re
 import pytest
 from flask import Flask, request
 
+from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
 from service_kit.errors import ApiError
 from service_kit.inputs import decode_base64, json_body, wants_json
 from service_kit.logs import JsonFormatter
@@ -128,3 +129,21 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     monkeypatch.setattr(logger, "atoms", lambda *args: atoms_built.append(args) or {})
     logger.access(resp=None, req=None, environ={}, request_time=None)
     assert not atoms_built
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (BatcherOverloaded("full"), 503, "overloaded"),
+    (BatchDeadlineExceeded("late"), 504, "model_timeout"),
+])
+def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, status, code):
+    from service_kit.app import create_service_app
+
+    app = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
+
+    def fail():
+        raise error
+
+    app.add_url_rule("/fail", "fail", fail)
+    reply = app.test_client().get("/fail")
+    assert reply.status_code == status and reply.json["error"]["code"] == code
+    assert ("Retry-After" in reply.headers) is (status == 503)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service_kit.batching import MicroBatcher
+from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded, MicroBatcher
 
 
 class SlowDoubler:
@@ -74,6 +74,52 @@ def test_wrong_result_count_is_an_error_not_a_mixup():
 def test_timeout_when_the_model_never_answers():
     release = threading.Event()
     batcher = MicroBatcher(lambda items: release.wait(10) and items)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(BatchDeadlineExceeded):
         batcher.submit([1], timeout=0.1)
     release.set()
+
+
+def blocked_batcher(max_queued: int = 1024) -> tuple[MicroBatcher, list[list[int]], threading.Event]:
+    """A batcher whose first model call waits for `release`: what queues meanwhile stays queued."""
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def run_batch(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        release.wait(10)
+        return items
+
+    batcher = MicroBatcher(run_batch, max_queued=max_queued)
+    threading.Thread(target=batcher.submit, args=([1], 10), daemon=True).start()
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert calls == [[1]], "the first call is in flight"
+    return batcher, calls, release
+
+
+def test_a_request_that_gave_up_is_never_sent_to_the_model():
+    batcher, calls, release = blocked_batcher()
+    with pytest.raises(BatchDeadlineExceeded):
+        batcher.submit([2, 3], timeout=0.05)  # waits behind the blocked call, then gives up
+    release.set()
+    assert batcher.submit([4], timeout=5) == [4]
+    assert calls == [[1], [4]], "2 and 3 were dropped before the call"
+
+
+def test_a_full_queue_refuses_at_once_and_keeps_nothing_of_the_refused_request():
+    batcher, calls, release = blocked_batcher(max_queued=2)
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(batcher.submit([2, 3], timeout=10)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while batcher._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    started = time.monotonic()
+    with pytest.raises(BatcherOverloaded):
+        batcher.submit([5], timeout=10)
+    assert time.monotonic() - started < 0.5, "refused at once, not after waiting"
+    release.set()
+    waiter.join(5)
+    assert answers == [[2, 3]]
+    assert 5 not in [item for call in calls for item in call]

@@ -6,6 +6,11 @@ queue and waits; a batcher loop takes everything queued (up to `max_batch_size`)
 and hands each request its rows. Nothing waits on purpose: a lone request goes out at once, and
 requests that arrive while a call is in flight go together in the next one.
 
+Limits: the queue holds at most `max_queued` items; past that a request is refused at once
+(`BatcherOverloaded`, a 503 with Retry-After) instead of queueing work nobody will wait for. A
+request that gives up waiting (`BatchDeadlineExceeded`, a 504) leaves its items behind marked
+abandoned, and the loop drops them before the model call.
+
 It uses `threading` and `queue`, which gevent's monkey-patching turns into greenlet primitives in
 the API workers; without gevent (unit tests, scripts) it runs on real threads.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -22,12 +28,21 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+class BatcherOverloaded(Exception):
+    """The queue is full: more work is waiting than the model can take before it expires."""
+
+
+class BatchDeadlineExceeded(Exception):
+    """The request's deadline passed before its batch was answered."""
+
+
 class _Pending(Generic[Item, Result]):
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("abandoned", "done", "error", "item", "result")
 
     def __init__(self, item: Item):
         self.item = item
         self.done = threading.Event()
+        self.abandoned = False  # its caller stopped waiting: not worth a model call
         self.result: Result | None = None
         self.error: BaseException | None = None
 
@@ -37,28 +52,43 @@ class MicroBatcher(Generic[Item, Result]):
     whatever other requests of this process queued at the same time."""
 
     def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int = 64,
-                 concurrent_batches: int = 1, observe_batch_size: Callable[[int], None] | None = None):
+                 concurrent_batches: int = 1, observe_batch_size: Callable[[int], None] | None = None,
+                 max_queued: int = 1024, clock: Callable[[], float] = time.monotonic):
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.concurrent_batches = concurrent_batches
         self.observe_batch_size = observe_batch_size
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self.clock = clock
+        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=max_queued)
         self._started_in: int | None = None
         self._start_lock = threading.Lock()
 
     def submit(self, items: Sequence[Item], timeout: float) -> list[Result]:
+        """The results for `items`, or BatcherOverloaded at once, or BatchDeadlineExceeded after
+        `timeout` seconds."""
         self._ensure_loops()
+        deadline = self.clock() + timeout
         pending = [_Pending(item) for item in items]
-        for entry in pending:
-            self._queue.put(entry)
+        try:
+            for entry in pending:
+                self._queue.put_nowait(entry)
+        except queue.Full:
+            self._abandon(pending)
+            raise BatcherOverloaded(f"{self._queue.maxsize} examples already wait for the model") from None
         results = []
         for entry in pending:
-            if not entry.done.wait(timeout):
-                raise TimeoutError("the batched model call did not finish in time")
+            if not entry.done.wait(max(0.0, deadline - self.clock())):
+                self._abandon(pending)
+                raise BatchDeadlineExceeded(f"no answer from the model within {timeout:g} s")
             if entry.error is not None:
                 raise entry.error
             results.append(entry.result)
         return results
+
+    @staticmethod
+    def _abandon(pending: list[_Pending]) -> None:
+        for entry in pending:
+            entry.abandoned = True
 
     def _ensure_loops(self) -> None:
         """Loops are started lazily in the process that uses them (gunicorn forks workers)."""
@@ -78,7 +108,9 @@ class MicroBatcher(Generic[Item, Result]):
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._run(batch)
+            batch = [entry for entry in batch if not entry.abandoned]
+            if batch:
+                self._run(batch)
 
     def _run(self, batch: list[_Pending]) -> None:
         if self.observe_batch_size is not None:

@@ -9,6 +9,7 @@ import grpc
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
 from tfserving_client import ModelServerError
 
 log = logging.getLogger("service_kit.errors")
@@ -64,6 +65,16 @@ def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
     def model_server_error(error: ModelServerError):
         log.warning("model server call failed: %s", error)
         return error_response(from_model_server(error, retry_after_seconds))
+
+    @app.errorhandler(BatcherOverloaded)
+    def overloaded(error: BatcherOverloaded):
+        log.warning("shed: %s", error)
+        return error_response(ApiError(503, "overloaded", "too many requests wait for the model; retry shortly",
+                                       {"Retry-After": str(retry_after_seconds)}))
+
+    @app.errorhandler(BatchDeadlineExceeded)
+    def deadline_exceeded(error: BatchDeadlineExceeded):
+        return error_response(ApiError(504, "model_timeout", "the model did not answer within its deadline"))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -45,6 +45,8 @@ class ServiceSettings:
     # Coalesce this worker's concurrent requests into one Predict call (service_kit.batching).
     model_batching: bool = env("MODEL_BATCHING", True)
     model_max_batch_size: int = env("MODEL_MAX_BATCH_SIZE", 64)
+    # Examples waiting for a batched call, per worker; past it requests are refused at once (503).
+    model_max_queued: int = env("MODEL_MAX_QUEUED", 1024)
     # nginx logs every request with its request id; the API adds a line for failures and slow
     # requests only (one JSON line per success cost ~7% of a text-api worker's CPU, bench/profile.py).
     access_log_all: bool = env("ACCESS_LOG_ALL", False)

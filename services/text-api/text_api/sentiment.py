@@ -29,7 +29,8 @@ class SentimentModel:
     def __init__(self, client: ModelServerClient, settings: TextApiSettings):
         self.client = client
         self.settings = settings
-        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size) if settings.model_batching else None
+        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size, max_queued=settings.model_max_queued
+                                    ) if settings.model_batching else None
         load_dictionary()  # a no-op when gunicorn.conf.py loaded it in the master already
 
     def check_texts(self, texts: list[str]) -> list[list[str]]:

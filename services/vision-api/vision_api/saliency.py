@@ -33,7 +33,8 @@ class SaliencyModel:
     def __init__(self, client: ModelServerClient, settings: VisionApiSettings):
         self.client = client
         self.settings = settings
-        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size) if settings.model_batching else None
+        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size, max_queued=settings.model_max_queued
+                                    ) if settings.model_batching else None
         # Decoded images are large; a gevent worker would otherwise hold one per open connection.
         self.in_flight = threading.BoundedSemaphore(settings.max_images_in_flight)
 
