@@ -29,6 +29,32 @@ _CHANNEL_OPTIONS = [
 ]
 # Only a model server that is not there (yet) is worth asking again: Predict has no side effects.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# The channel's own view, when a call failed UNAVAILABLE, says whether asking again can help:
+# READY means the server answered UNAVAILABLE itself (TF Serving sheds load that way when its
+# batch queue is full: a retry would add the load it is shedding), TRANSIENT_FAILURE means it is
+# known to be unreachable until the next reconnect (a retry only delays the caller's 503).
+# Left: IDLE and CONNECTING, a connection being (re)made.
+_NO_RETRY_STATES = {2, 3, 4}  # READY, TRANSIENT_FAILURE, SHUTDOWN (grpc's connectivity codes)
+
+
+class RetryBudget:
+    """Retries as a bounded share of the calls, as gRPC's retryThrottling: every failed call
+    spends a token, every success earns back `ratio` of one; retries stop while fewer than half of
+    `max_tokens` are left. A failing server then sees at most about `ratio` extra load."""
+
+    def __init__(self, max_tokens: float = 10.0, ratio: float = 0.1):
+        self.max_tokens, self.ratio = max_tokens, ratio
+        self.tokens = max_tokens
+        self._lock = threading.Lock()
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.tokens = min(self.max_tokens, self.tokens + self.ratio)
+
+    def failed_may_retry(self) -> bool:
+        with self._lock:
+            self.tokens = max(0.0, self.tokens - 1)
+            return self.tokens > self.max_tokens / 2
 
 # observer(method, model_name, seconds, status_code_name) -- for metrics, without a dependency on them.
 Observer = Callable[[str, str, float, str], None]
@@ -74,6 +100,7 @@ class ModelServerClient:
         self.retry_backoff_seconds = retry_backoff_seconds
         self.max_message_bytes = max_message_bytes
         self.observer = observer
+        self.retry_budget = RetryBudget()
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._channel: grpc.Channel | None = None
@@ -145,13 +172,22 @@ class ModelServerClient:
                 code = error.code() or grpc.StatusCode.UNKNOWN
                 self._observe(method, model_name, started, code.name)
                 backoff = self.retry_backoff_seconds * (2 ** attempt)
-                if code in _RETRYABLE and attempt < self.retries and time.monotonic() + backoff < deadline:
+                if (code in _RETRYABLE and attempt < self.retries and time.monotonic() + backoff < deadline
+                        and self._connectivity() not in _NO_RETRY_STATES and self.retry_budget.failed_may_retry()):
                     attempt += 1
                     time.sleep(backoff)
                     continue
                 raise ModelServerError(code, error.details() or code.name) from None
             self._observe(method, model_name, started, "OK")
+            self.retry_budget.succeeded()
             return response
+
+    def _connectivity(self) -> int | None:
+        """The channel's connectivity state right now (grpc's codes; None if unknown, e.g. a test double)."""
+        try:
+            return self._channel._channel.check_connectivity_state(False)  # the public API only subscribes
+        except AttributeError:
+            return None
 
     def _observe(self, method: str, model_name: str, started: float, code: str) -> None:
         if self.observer is not None:
