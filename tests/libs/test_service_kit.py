@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from flask import Flask, request
@@ -147,3 +150,49 @@ def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, st
     reply = app.test_client().get("/fail")
     assert reply.status_code == status and reply.json["error"]["code"] == code
     assert ("Retry-After" in reply.headers) is (status == 503)
+
+
+RECYCLING = """
+import json, os, sys, time
+from service_kit import metrics
+
+def scrape():
+    started = time.perf_counter()
+    body = metrics.exposition()[0].decode()
+    return body, time.perf_counter() - started
+
+def recycle(times):
+    for _ in range(times):
+        pid = os.fork()
+        if pid == 0:  # a worker's life: answer 3 requests, then exit (as max_requests does)
+            for _ in range(3):
+                metrics.HTTP_REQUESTS.labels("/lstm", "POST", "200").inc()
+                metrics.MODEL_BATCH_SIZE.labels("lstm").observe(4)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        metrics.archive_dead_worker(pid)
+
+recycle(1)
+_, after_one = min(scrape() for _ in range(5))
+recycle(int(sys.argv[1]) - 1)
+body, after_all = min(scrape() for _ in range(5))
+lines = dict(line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
+print(json.dumps({"files": sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])),
+                  "requests": float(lines['http_requests_total{method="POST",route="/lstm",status="200"}']),
+                  "batches": float(lines['model_request_batch_size_count{model="lstm"}']),
+                  "examples": float(lines['model_request_batch_size_sum{model="lstm"}']),
+                  "after_one": after_one, "after_all": after_all}))
+"""
+
+
+def test_recycled_workers_leave_exact_totals_and_no_files_behind(tmp_path):
+    """gunicorn recycles workers (max_requests); hundreds of recycles must not slow /metrics."""
+    recycles = 300
+    result = subprocess.run([sys.executable, "-c", RECYCLING, str(recycles)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout)
+    assert (outcome["requests"], outcome["batches"], outcome["examples"]) == (3 * recycles, 3 * recycles,
+                                                                              12 * recycles)
+    assert [f for f in outcome["files"] if f.endswith(".db")] == ["counter_archive.db", "histogram_archive.db"]
+    assert outcome["after_all"] < 3 * outcome["after_one"] + 0.005, outcome

@@ -69,9 +69,9 @@ def on_starting(server) -> None:
 
 
 def child_exit(server, worker) -> None:
-    from prometheus_client import multiprocess
+    from service_kit.metrics import archive_dead_worker
 
-    multiprocess.mark_process_dead(worker.pid)
+    archive_dead_worker(worker.pid)
 
 
 def on_exit(server) -> None:

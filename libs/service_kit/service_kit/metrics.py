@@ -3,11 +3,21 @@
 Each worker is its own process; with PROMETHEUS_MULTIPROC_DIR set (service_kit.gunicorn_base does
 it), every worker writes its samples there and `/metrics` sums them, so one scrape sees the
 whole instance. Without it (tests, a single process) the default registry is used.
+
+Workers are recycled (gunicorn's max_requests), and each leaves its files behind; a scrape reads
+every file (prometheus_client issues #204, #367: thousands of files, seconds per scrape). So when a
+worker exits, its counts are added into one archive file per metric type and its files removed:
+the totals stay exact and the number of files stays that of the live workers. A lock shared with
+the scrape makes the move invisible to it (never counted twice, never missing).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +28,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.mmap_dict import MmapedDict
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -40,8 +51,36 @@ def observe_model_call(method: str, model: str, seconds: float, code: str) -> No
 
 
 def exposition() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        with _files_locked(directory, fcntl.LOCK_SH):
+            return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def archive_dead_worker(pid: int, directory: str | None = None) -> None:
+    """Fold an exited worker's counters and histograms into the archive files, remove its files
+    (the gunicorn master calls this when a worker exits)."""
+    directory = directory or os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    with _files_locked(directory, fcntl.LOCK_EX):
+        for kind in ("counter", "histogram"):
+            dead = Path(directory, f"{kind}_{pid}.db")
+            if not dead.exists():
+                continue
+            archive = MmapedDict(str(Path(directory, f"{kind}_archive.db")))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(dead)):
+                    archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+            finally:
+                archive.close()
+            dead.unlink()
+    multiprocess.mark_process_dead(pid, directory)  # its live gauges
+
+
+@contextlib.contextmanager
+def _files_locked(directory: str, mode: int) -> Iterator[None]:
+    with open(os.path.join(directory, "files.lock"), "a") as lock:
+        fcntl.flock(lock, mode)
+        yield
