@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import re
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -109,3 +112,34 @@ def test_unknown_path_is_404(serving):
     reply = requests.get(f"{serving.rest_url}/v2/whatever", timeout=10)
     assert reply.status_code == 404
     assert "error" in reply.json()
+
+
+def raw_exchange(rest_url: str, head: str) -> tuple[bytes, bytes]:
+    """Send a raw request head; return the answer and what the connection says next (b"" if closed)."""
+    host, port = rest_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        length = int(re.search(rb"Content-Length: (\d+)", answer).group(1))
+        while len(answer.split(b"\r\n\r\n", 1)[1]) < length:
+            answer += sock.recv(65536)
+        try:
+            after = sock.recv(65536)
+        except TimeoutError:
+            after = b"<still open>"
+    return answer, after
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", str(64 * 1024 * 1024 + 1)])
+def test_a_bad_or_oversized_content_length_is_refused_and_the_connection_closed(serving, length):
+    """read(-1) would hold a thread until the client hangs up; an unread body would be parsed as the
+    next request on the same keep-alive connection."""
+    started = time.monotonic()
+    answer, after = raw_exchange(serving.rest_url, f"POST /v1/models/lstm:predict HTTP/1.1\r\nHost: x\r\n"
+                                                   f"Content-Length: {length}\r\n\r\n")
+    assert answer.split(b" ", 2)[1] in (b"400", b"413", b"429"), answer[:200]
+    assert b'"error"' in answer
+    assert after == b"", "the connection is closed, not left for the unread body"
+    assert time.monotonic() - started < 3

@@ -21,7 +21,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from model_server.batching import BatchScheduler
 from model_server.config import BatchingParameters
-from model_server.errors import ServingError, invalid_argument, not_found, unavailable
+from model_server.errors import ServingError, invalid_argument, not_found
 from model_server.servable import DEFAULT_SIGNATURE, Servable
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,8 @@ class ServerCore:
                 return servable
             if model.servables:
                 return model.servables[max(model.servables)]
-            if any(s.state == State.LOADING for s in model.statuses.values()):
-                raise unavailable(f"Servable {spec.name} is loading; no version is available yet")
+            # As TF Serving's ServingMap: a version still loading (or that failed to) is not in the
+            # map of servable handles yet, so the request finds nothing: NOT_FOUND, not UNAVAILABLE.
             raise not_found(f"Servable not found for request: Latest({spec.name})")
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:

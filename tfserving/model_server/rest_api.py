@@ -87,10 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         started, status, model = time.perf_counter(), "OK", None
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body over {MAX_BODY_BYTES} bytes")
-            body = self.rfile.read(length) if length else b""
+            body = self._read_body()
             match = _PATH.match(self.path.split("?", 1)[0])
             if not match:
                 self._reply(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
@@ -180,6 +177,19 @@ class _Handler(BaseHTTPRequestHandler):
             return {"predictions": next(iter(encoded.values()))}
         return {"predictions": [{key: value[i] for key, value in encoded.items()} for i in range(rows)]}
 
+    def _read_body(self) -> bytes:
+        """The body, or a refusal that also closes the connection: a body left unread would be
+        taken for the next request on a keep-alive connection, and read(-1) would wait for EOF."""
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if not declared.isdigit():
+            self.close_connection = True
+            raise invalid_argument(f"invalid Content-Length: {declared[:40]!r}")
+        length = int(declared)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body over {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length) if length else b""
+
     def _reply(self, status: int, payload: dict) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False, indent=None).encode("utf-8"), "application/json")
 
@@ -190,6 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
