@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from local_stack import compose_file, topology
-from local_stack.processes import SupervisedProcess
+from local_stack.processes import SupervisedProcess, http_ok
 
 REPO_ROOT = compose_file.REPO_ROOT
 
@@ -81,6 +81,10 @@ def up(args: argparse.Namespace) -> int:
         say(f"ready in {time.monotonic() - started:.1f}s")
         for process in processes:
             say(f"  {process.spec.name:<14} {process.spec.address}")
+        for process in processes:
+            if process.spec.readiness_url and not http_ok(process.spec.readiness_url)():
+                say(f"WARNING: {process.spec.name}: its model is not available (see {process.spec.readiness_url}); "
+                    "its routes answer 503 until a version loads")
         base = processes[-1].spec.address
         say(f'try: curl -X POST {base}/lstm -H "Content-Type: application/json" -d \'{{"line": "我很喜欢这个产品"}}\'')
         say(f"     curl -X POST {base}/cv_sod -H 'Content-Type: image/jpeg' --data-binary @photo.jpg -o mask.png")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,32 @@ def http_ok(url: str, must_contain: tuple[str, ...] = ()) -> Callable[[], bool]:
     return check
 
 
+# A model version's states once its load has finished, well or badly (TF Serving's names).
+SETTLED_STATES = {"AVAILABLE", "END"}
+
+
+def model_settled(status_url: str) -> Callable[[], bool]:
+    """Whether every version the model server lists at `status_url` (`/v1/models/NAME`, or an API's
+    `/readyz`, which relays them) has finished loading, available or failed: a broken model must
+    not hold the whole stack back, nor make it wait for ever."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(status_url, timeout=2) as reply:
+                body = json.loads(reply.read())
+        except urllib.error.HTTPError as refused:  # an API's /readyz says 503 while its model is away
+            try:
+                body = json.loads(refused.read())
+            except ValueError:
+                return False
+        except (OSError, ValueError):
+            return False
+        states = [v["state"] for v in body.get("model_version_status", [])] or list(body.get("versions", {}).values())
+        return body.get("status") == "ready" or bool(states) and set(states) <= SETTLED_STATES
+
+    return check
+
+
 @dataclasses.dataclass
 class ServiceSpec:
     name: str
@@ -45,6 +73,7 @@ class ServiceSpec:
     log_path: Path
     ready: Callable[[], bool]
     address: str  # what to print: where it listens
+    readiness_url: str = ""  # an API instance's /readyz: 200 while its model is available
 
 
 class SupervisedProcess:

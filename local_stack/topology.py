@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from local_stack import compose_file
-from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok
+from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok, model_settled
 
 REPO_ROOT = compose_file.REPO_ROOT
 NGINX_DIR = REPO_ROOT / "services" / "nginx"
@@ -62,8 +62,8 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
     python = sys.executable
     base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     flags = settings.model_server_flags if options.model_server_flags is None else options.model_server_flags
-    model_check = [http_ok(f"http://127.0.0.1:{rest_port}/v1/models/{name}", ("AVAILABLE",))
-                   for name in settings.model_names]
+    # The model server is ready once every model's first load has finished, well or badly.
+    model_check = [model_settled(f"http://127.0.0.1:{rest_port}/v1/models/{name}") for name in settings.model_names]
     specs = [ServiceSpec(
         name="model-server",
         args=[python, "-m", "model_server", "--listen_address=127.0.0.1", f"--port={grpc_port}",
@@ -93,7 +93,10 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
                 name=f"{service}-{index}",
                 args=gunicorn,
                 env=env, cwd=service_dir, log_path=logs / f"{service}-{index}.log",
-                ready=http_ok(f"http://127.0.0.1:{port}/readyz"), address=f"http://127.0.0.1:{port}",
+                # Ready when its model is, or when its model failed to load (then its routes
+                # answer 503 and `./stack up` says so); other services do not wait on it.
+                ready=model_settled(f"http://127.0.0.1:{port}/readyz"), address=f"http://127.0.0.1:{port}",
+                readiness_url=f"http://127.0.0.1:{port}/readyz",
             ))
     sys.path.insert(0, str(NGINX_DIR))
     import render  # services/nginx/render.py: the template both modes share

@@ -10,10 +10,13 @@ import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
 import requests
+
+from tests.conftest import copy_repository
 
 SENTENCE = "我很喜欢中国银行的产品"  # the documents' `ab` URL carries this text
 
@@ -98,3 +101,18 @@ def check_access_log_is_private(url: str, read_log: Callable[[], str]) -> None:
     assert secret not in log
     assert lines["e2e-privacy"]["path"] == "/lstm" and lines["e2e-privacy"]["bytes_in"] > len(secret)
     assert len(lines["e2e-long"]["path"]) == 256, "long paths are cut"
+
+
+def corrupt_cv_sod(repository: Path) -> Path:
+    """A model repository whose only cv_sod version cannot load; lstm is intact."""
+    copy_repository(repository)
+    (repository / "cv_sod" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    return repository
+
+
+def check_one_broken_model_leaves_the_other_serving(url: str) -> None:
+    assert post_line(url, "这个产品质量很好").status_code == 200
+    reply = requests.post(f"{url}/cv_sod", data=image_bytes(), headers={"Content-Type": "image/jpeg"},
+                          timeout=30)
+    assert reply.status_code == 503, reply.text[:300]
+    assert reply.json()["error"]["code"] == "model_not_loaded" and reply.headers["Retry-After"]

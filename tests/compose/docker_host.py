@@ -94,8 +94,9 @@ def _image_id(image: str) -> str:
 class ComposeProject:
     """One compose project of this repository's stack, named and ported apart from any other."""
 
-    def __init__(self, work_dir: Path, http_port: int | None = None):
+    def __init__(self, work_dir: Path, http_port: int | None = None, env: dict[str, str] | None = None):
         self.name = f"{PROJECT_PREFIX}-{uuid.uuid4().hex[:8]}"
+        self.env = env or {}  # compose variables, e.g. MODEL_REPOSITORY
         self.work_dir = work_dir
         self.http_port = http_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -157,7 +158,7 @@ class ComposeProject:
             subprocess.run(["docker", "image", "rm", *stale], capture_output=True)
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "HTTP_PORT": str(self.http_port), "COMPOSE_PROJECT_NAME": self.name}
+        return {**os.environ, **self.env, "HTTP_PORT": str(self.http_port), "COMPOSE_PROJECT_NAME": self.name}
 
     def command(self, *args: str) -> list[str]:
         return ["docker", "compose", "-p", self.name, *[a for f in self.files for a in ("-f", str(f))], *args]

@@ -82,10 +82,15 @@ def test_every_service_restarts_has_a_health_check_and_limits():
         assert service["deploy"]["resources"]["limits"]["memory"], name
 
 
-def test_start_order_waits_for_health():
+def test_start_order_waits_for_the_model_server_but_not_for_every_model():
+    """The APIs wait until the model server has finished its first loads; nginx waits for no API
+    to be healthy, since an API whose model failed to load stays unhealthy and the others must
+    still be reachable."""
     for api in APIS:
         assert SERVICES[api]["depends_on"] == {"tfserving": {"condition": "service_healthy"}}
-    assert SERVICES["nginx"]["depends_on"] == {api: {"condition": "service_healthy"} for api in APIS}
+    assert SERVICES["nginx"]["depends_on"] == {api: {"condition": "service_started"} for api in APIS}
+    check = " ".join(SERVICES["tfserving"]["healthcheck"]["test"])
+    assert "/models/models.config" in check and "lstm" not in check, "the models come from models.config"
 
 
 def test_tf_serving_is_pinned_reads_the_repository_read_only_and_batches():

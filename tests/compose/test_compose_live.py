@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -219,3 +222,27 @@ def test_model_server_override_changes_only_the_image(compose_cli):
 def test_down_leaves_no_container_network_or_volume(compose):
     compose.down()
     assert compose.leftovers() == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_a_model_that_fails_to_load_leaves_the_other_serving(docker_host, tmp_path):
+    """A corrupt cv_sod: the model server finishes its first loads (cv_sod failed), text-api and
+    nginx serve, vision-api stays unhealthy and answers 503 JSON with Retry-After."""
+    repository = Path(tempfile.mkdtemp(prefix="broken-models-"))  # readable by the containers' users
+    try:
+        end_to_end.corrupt_cv_sod(repository / "models")
+        subprocess.run(["chmod", "-R", "a+rX", str(repository)], check=True)
+        project = ComposeProject(tmp_path, env={"MODEL_REPOSITORY": str(repository / "models")})
+        project.prepare()
+        try:
+            project.build()
+            project.run("up", "--detach")
+            wait_until(lambda: all(healthy(project, c["Name"]) for c in project.containers("text-api")), 180,
+                       "text-api to be healthy")
+            wait_until(lambda: requests.get(f"{project.url}/nginx-health", timeout=2).ok, 60, "nginx")
+            end_to_end.check_one_broken_model_leaves_the_other_serving(project.url)
+            assert not any(healthy(project, c["Name"]) for c in project.containers("vision-api"))
+        finally:
+            project.down()
+        assert project.leftovers() == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        shutil.rmtree(repository, ignore_errors=True)

@@ -121,3 +121,11 @@ def test_down_never_signals_a_stranger_that_reuses_a_recorded_pid(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_model_that_fails_to_load_leaves_the_other_serving(tmp_path):
+    repository = end_to_end.corrupt_cv_sod(tmp_path / "models")
+    (tmp_path / "run").mkdir()
+    with running_stack(tmp_path / "run", "--model-repository", str(repository)) as stack:
+        end_to_end.check_one_broken_model_leaves_the_other_serving(stack.url)
+        assert "WARNING: vision-api-1: its model is not available" in stack.process.log_text()
