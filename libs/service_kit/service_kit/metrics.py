@@ -4,7 +4,7 @@ Each worker is its own process; with PROMETHEUS_MULTIPROC_DIR set (service_kit.g
 it), every worker writes its samples there and `/metrics` sums them, so one scrape sees the
 whole instance. Without it (tests, a single process) the default registry is used.
 
-Workers are recycled (gunicorn's max_requests), and each leaves its files behind; a scrape reads
+Workers exit (recycled by max_requests where set, killed, timed out), each leaving its files; a scrape reads
 every file (prometheus_client issues #204, #367: thousands of files, seconds per scrape). So when a
 worker exits, its counts are added into one archive file per metric type and its files removed:
 the totals stay exact and the number of files stays that of the live workers. A lock shared with
