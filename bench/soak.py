@@ -113,7 +113,8 @@ def report(capacity: float, target: float, rows: list[Minute], command: str, max
         "# Soak: the local stack at a steady share of its capacity",
         "",
         f"Command: `{command}`. Capacity measured first: {capacity:.0f} req/s (wrk, 100 connections, 5 s); "
-        f"offered about {target:.0f} req/s with {CONNECTIONS} paced connections; {recycling}.",
+        f"aimed at {target:.0f} req/s with {CONNECTIONS} paced connections (what they achieved is per minute below); "
+        f"{recycling}.",
         "",
         "| minute | req/s | p50 ms | p99 ms | failed | " + " | ".join(f"{s} MB" for s in services)
         + " | open files | /metrics ms | metric files |",
