@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from tests.conftest import wait_until
 
@@ -51,6 +53,11 @@ class HttpLoad:
 
     def _client(self) -> None:
         session = requests.Session()
+        # As a production client (and client/'s ModelApiClient): a request whose kept-alive
+        # connection was closed under it (nginx closes idle ones when it reloads) is sent once more.
+        # Every HTTP answer still counts as it came, 5xx included.
+        retry_once = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None, raise_on_status=False)
+        session.mount("http://", HTTPAdapter(max_retries=retry_once))
         while not self._stop.is_set():
             started = time.monotonic()
             self.outcomes.append(self._one(session, started))
