@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -106,7 +107,7 @@ class ComposeProject:
 
     def prepare(self, log=None) -> None:
         """Choose the images: the official ones where they can be pulled, else ours and stand-ins."""
-        chosen = stand_in_images.ensure(log) if log else stand_in_images.ensure()
+        chosen = stand_in_images.ensure(log or sys.stderr)
         self.substitutions = {official: image for official, image in chosen.items() if image != official}
         tfserving_image = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["tfserving"]["image"]
         if not stand_in_images.can_pull(tfserving_image):
@@ -171,9 +172,9 @@ class ComposeProject:
                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
-    def containers(self, service: str | None = None, all_states: bool = False) -> list[dict]:
+    def containers(self, service: str | None = None) -> list[dict]:
         """`docker compose ps` as dicts (Name, Service, State, Health, Publishers, ...)."""
-        args = ["ps", "--format", "json"] + (["--all"] if all_states else []) + ([service] if service else [])
+        args = ["ps", "--format", "json"] + ([service] if service else [])
         out = self.run(*args).stdout.strip()
         if not out:
             return []
