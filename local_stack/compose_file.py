@@ -21,7 +21,7 @@ CONTAINER_MODEL_ROOT = "/models"
 @dataclasses.dataclass(frozen=True)
 class ComposeSettings:
     model_server_flags: list[str]  # tfserving's command, minus the ports
-    environments: dict[str, dict[str, str]]  # API service -> its environment
+    environments: dict[str, dict[str, str]]  # API service -> its environment, with MEMORY_LIMIT_MB
     replicas: dict[str, int]  # API service -> instances started by default (`deploy.replicas`)
     model_names: list[str]  # from models.config, to know when the model server is ready
 
@@ -32,11 +32,22 @@ def load(compose_file: Path = COMPOSE_FILE, repository: Path = MODEL_REPOSITORY)
              if not flag.startswith(_LOCAL_FLAGS)]
     environments = {name: {key: str(value) for key, value in services[name].get("environment", {}).items()}
                     for name in API_SERVICES}
+    for name in API_SERVICES:  # a container reads its limit from its cgroup; a local process is told it
+        limit = services[name].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+        if limit is not None:
+            environments[name]["MEMORY_LIMIT_MB"] = str(memory_mb(limit))
     config_file = next(f.split("=", 1)[1] for f in flags if f.startswith("--model_config_file="))
     config_text = Path(config_file).read_text()
     replicas = {name: int(services[name].get("deploy", {}).get("replicas", 1)) for name in API_SERVICES}
     model_names = re.findall(r'^\s*name:\s*"([^"]+)"', config_text, re.MULTILINE)
     return ComposeSettings(flags, environments, replicas, model_names)
+
+
+def memory_mb(size: str | int) -> int:
+    """compose's memory size ("512m", "1g", "768M", or bytes) in MB."""
+    text = str(size).strip().lower().removesuffix("b")
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30}.get(text[-1:], 1)
+    return int(float(text.rstrip("kmg")) * scale) // 2**20
 
 
 def _on_this_machine(flag: str, repository: Path) -> str:

@@ -10,6 +10,7 @@ whole again before it ends. The same steady load and the same fault table as loc
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -23,11 +24,14 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 
+from local_stack import compose_file
 from tests import end_to_end
 from tests.compose.docker_host import COMPOSE_FILE, GPU_OVERRIDE, MODEL_SERVER_OVERRIDE, REPO_ROOT, ComposeProject
 from tests.conftest import api_ready, wait_until
 from tests.faults.load import HttpLoad, check_model_server_outage, lstm_answers, models_available, record_fault
+from tests.services.vision_api.largest_images import largest_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -87,6 +91,28 @@ def test_all_four_replicas_receive_traffic(compose):
         assert end_to_end.post_line(compose.url, "还不错").status_code == 200
     served = {name: lstm_answers(address) - before[name] for name, address in replicas.items()}
     assert all(count >= 10 for count in served.values()), served
+
+
+def test_the_largest_images_several_at_once_under_the_real_memory_limit(compose):
+    """compose's 512 MB per vision-api container is the kernel's limit here: the largest image of
+    each kind it accepts, two of each at once through nginx, costs no worker (before issue 13 six
+    such images answered 502 and gunicorn logged SIGKILL four times)."""
+    limit = compose_file.memory_mb(yaml.safe_load(COMPOSE_FILE.read_text())["services"]["vision-api"]
+                                   ["deploy"]["resources"]["limits"]["memory"])
+    images = list(largest_images(limit).values()) * 2
+
+    def post(data: bytes) -> requests.Response:
+        return requests.post(f"{compose.url}/cv_sod", data=data, headers={"Content-Type": "image/png"}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
+        replies = list(pool.map(post, images))
+    statuses = [reply.status_code for reply in replies]
+    assert all(reply.status_code == 200 or (reply.status_code == 503 and reply.json()["error"]["code"] == "busy")
+               for reply in replies), statuses
+    assert statuses.count(200) >= len(images) // 2, statuses
+    logs = compose.run("logs", "--no-color", "vision-api").stdout
+    assert "SIGKILL" not in logs and "out of memory" not in logs
+    assert all(not compose.inspect(c["Name"])["State"]["OOMKilled"] for c in compose.containers("vision-api"))
 
 
 def test_scaling_to_six_under_load_needs_no_reload_and_back_to_two_loses_nothing(compose, fault_table):

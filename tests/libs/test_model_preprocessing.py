@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from model_preprocessing.image import MODEL_SIZE, RGB_MEAN, mask_to_image, model_input, to_rgb8
 from model_preprocessing.text import PAD_TOKEN, pad_batch, segment
@@ -63,3 +64,26 @@ def test_mask_comes_back_at_the_original_size():
     assert mask.shape == (90, 140) and mask.dtype == np.uint8
     assert mask[:, :60].max() == 0 and mask[:, 80:].min() == 255
     assert cv2.imencode(".png", mask)[0]
+
+
+@pytest.mark.parametrize("layout", ["bgr", "gray", "bgr16", "bgra", "bgra16"])
+def test_resizing_first_gives_what_converting_first_gives(layout):
+    """to_rgb8 resizes before converting wherever the result is the same (memory: the full-size
+    work stays 8-bit, one copy at most); against the plain order, within one level."""
+    rng = np.random.default_rng(7)
+    shapes = {"bgr": (3,), "gray": (), "bgr16": (3,), "bgra": (4,), "bgra16": (4,)}
+    depth = np.uint16 if layout.endswith("16") else np.uint8
+    image = rng.integers(0, np.iinfo(depth).max, (700, 500, *shapes[layout]), dtype=depth, endpoint=True)
+    plain = cv2.resize(to_rgb8(image), (MODEL_SIZE, MODEL_SIZE), interpolation=cv2.INTER_AREA)
+    original = image.copy()
+    small = to_rgb8(image, MODEL_SIZE)
+    assert small.shape == (MODEL_SIZE, MODEL_SIZE, 3) and small.dtype == np.uint8
+    assert np.abs(small.astype(int) - plain.astype(int)).max() <= 1
+    assert np.array_equal(image, original), "the caller's image is left alone unless in_place"
+
+
+def test_in_place_compositing_overwrites_the_callers_8_bit_image():
+    bgra = np.full((4, 4, 4), 200, np.uint8)
+    bgra[..., 3] = 0
+    assert to_rgb8(bgra, in_place=True).max() == 0
+    assert bgra[..., :3].max() == 0, "premultiplied where it lay: no full-size copy"

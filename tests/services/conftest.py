@@ -22,6 +22,7 @@ from tests.conftest import (
     model_server_under_test,
     wait_until,
 )
+from tests.memory_cgroup import MemoryCgroup
 from tfserving_client import ModelServerError, PredictResult, VersionStatus
 
 
@@ -80,12 +81,15 @@ class ApiInstance:
 
 
 def start_api(service: str, model_server: str, log_path: Path, workers: int = 1,
-              env: dict[str, str] | None = None) -> ApiInstance:
-    """Start a service's gunicorn exactly as local mode does, with its own gunicorn.conf.py."""
+              env: dict[str, str] | None = None, cgroup: MemoryCgroup | None = None) -> ApiInstance:
+    """Start a service's gunicorn exactly as local mode does, with its own gunicorn.conf.py
+    (inside `cgroup` when given: under a container's memory limit)."""
     port = free_port()
     service_dir = REPO_ROOT / "services" / service
+    command = [sys.executable, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"),
+               "--chdir", str(service_dir)]
     process = ManagedProcess(
-        [sys.executable, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"), "--chdir", str(service_dir)],
+        cgroup.command(command) if cgroup else command,
         log_path,
         env={"TFSERVING_GRPC_ADDRESS": model_server, "API_BIND": f"127.0.0.1:{port}",
              "WEB_CONCURRENCY": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "metrics"),

@@ -6,7 +6,6 @@ changed per deployment with the environment variable named beside it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -14,12 +13,13 @@ import tempfile
 from gunicorn import glogging
 
 from service_kit.logs import LOGCONFIG
+from service_kit.settings import ServiceSettings
 
 bind = [os.environ.get("API_BIND", "0.0.0.0:8000")]
 # gevent: one worker holds many slow connections while it waits on the model server. The work
 # that is CPU-bound (JSON, jieba, OpenCV) wants about one worker per core.
 worker_class = "service_kit.worker.GrpcGeventWorker"
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+workers = ServiceSettings.from_env().worker_processes()
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A worker silent for this long is killed and replaced; requests have their own, shorter deadlines.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))

@@ -51,6 +51,11 @@ class ServiceSettings:
     # requests only (one JSON line per success cost ~7% of a text-api worker's CPU, bench/profile.py).
     access_log_all: bool = env("ACCESS_LOG_ALL", False)
     access_log_slow_ms: float = env("ACCESS_LOG_SLOW_MS", 1000.0)
+    # gunicorn workers per instance; 0: one per CPU the machine has (containers here set 1).
+    web_concurrency: int = env("WEB_CONCURRENCY", 0)
+
+    def worker_processes(self) -> int:
+        return self.web_concurrency or os.cpu_count() or 1
 
     @classmethod
     def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:

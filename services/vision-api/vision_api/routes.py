@@ -19,6 +19,22 @@ def _model() -> SaliencyModel:
     return current_app.extensions["saliency_model"]
 
 
+def _mask_of_request() -> SaliencyMask:
+    """The mask of the request's image; the memory its body takes is reserved before it is read."""
+    model = _model()
+    with model.room_for_body(_body_bytes_needed()):
+        return model.mask(_image_from_request())
+
+
+def _body_bytes_needed() -> int:
+    """A raw or multipart body is held once; JSON as bytes, as text, cleaned, and decoded (base64)."""
+    if request.method == "GET":
+        return 4 * len(request.query_string)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    length = min(request.content_length if request.content_length is not None else limit, limit)
+    return 5 * length if request.mimetype == "application/json" else length
+
+
 def _image_from_request() -> bytes:
     """The image from `?img=` (GET), a multipart field `img`, JSON `{"img": base64}` or the raw body."""
     if request.method == "GET":
@@ -52,7 +68,7 @@ def _json_fields(mask: SaliencyMask) -> dict:
 @blueprint.route("/cv_sod", methods=["GET", "POST"])
 def saliency():
     """The mask as a PNG, or as JSON with the PNG in base64 when the caller prefers JSON."""
-    mask = _model().mask(_image_from_request())
+    mask = _mask_of_request()
     if wants_json(request):
         return jsonify(_json_fields(mask))
     response = Response(mask.png, mimetype="image/png")
@@ -65,5 +81,5 @@ def saliency():
 def documents_predict():
     """The source documents' route: JSON with `status: 0`. Their reply pickled a numpy array,
     which lets a server run code in its client; here the mask is a PNG in `mask_png`."""
-    mask = _model().mask(_image_from_request())
+    mask = _mask_of_request()
     return jsonify(status=0, **_json_fields(mask))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import threading
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -11,9 +12,10 @@ import numpy as np
 from model_preprocessing.image import MODEL_SIZE, mask_to_image, model_input, to_rgb8
 from service_kit.batching import MicroBatcher
 from service_kit.errors import ApiError
+from service_kit.memory import ByteBudget
 from service_kit.metrics import MODEL_BATCH_SIZE
 from tfserving_client import ModelServerClient
-from vision_api.image_decoding import decode_image
+from vision_api.image_decoding import ImageHeader, decode_image, read_header
 from vision_api.settings import VisionApiSettings
 
 # One fixed PNG row filter instead of libpng's per-row choice among all five: a 1920x1080 mask
@@ -30,36 +32,72 @@ class SaliencyMask:
 
 
 class SaliencyModel:
+    """Masks within a memory budget: request bodies and decoded images each have a share of the
+    worker's budget (settings.image_memory_budget_bytes), reserved before the memory is used; a
+    request waits for its share (then 503), or is refused (413) when it could never have it."""
+
     def __init__(self, client: ModelServerClient, settings: VisionApiSettings):
         self.client = client
         self.settings = settings
         self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size, max_queued=settings.model_max_queued
                                     ) if settings.model_batching else None
-        # Decoded images are large; a gevent worker would otherwise hold one per open connection.
-        self.in_flight = threading.BoundedSemaphore(settings.max_images_in_flight)
+        budget = settings.image_memory_budget_bytes()
+        # Two pools taken in one order (body, then image) and never the other way: no request
+        # holding an image share waits for a body share, so no two requests wait for each other.
+        self.bodies = ByteBudget(budget // 4)
+        self.images = ByteBudget(budget - budget // 4)
+
+    @contextlib.contextmanager
+    def room_for_body(self, nbytes: int) -> Iterator[None]:
+        """Hold the memory a request body of this size takes while it is read and parsed; a body
+        larger than the whole pool (the largest JSON) takes the pool alone."""
+        with self._reserved(self.bodies, min(nbytes, self.bodies.capacity)):
+            yield
 
     def mask(self, image_bytes: bytes) -> SaliencyMask:
-        if not self.in_flight.acquire(timeout=self.settings.model_timeout_seconds):
-            raise ApiError(503, "busy", "too many images in progress; retry shortly",
-                           {"Retry-After": str(self.settings.retry_after_seconds)})
-        try:
-            return self._mask(image_bytes)
-        finally:
-            self.in_flight.release()
+        header = read_header(image_bytes)
+        if header.pixels > self.settings.max_image_pixels:
+            raise ApiError(413, "image_too_large", f"the image is {header.width}x{header.height} pixels; "
+                           f"the limit is {self.settings.max_image_pixels} pixels")
+        needed = header.working_bytes(MODEL_SIZE) + len(image_bytes)  # decoding reads a copy of the bytes
+        if needed > self.images.capacity:
+            raise ApiError(413, "image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
+                           f"process, more than the {_mb(self.images.capacity)} MB a worker has for images; "
+                           f"at most about {self.max_pixels(header)} pixels of this kind")
+        with self._reserved(self.images, needed):
+            return self._mask(image_bytes, header)
 
-    def _mask(self, image_bytes: bytes) -> SaliencyMask:
-        image, width, height = decode_image(image_bytes, self.settings.max_image_pixels, min_side=MODEL_SIZE)
-        example = model_input(to_rgb8(image))
-        del image
+    def max_pixels(self, header: ImageHeader) -> int:
+        """The most pixels an image of this format and layout may have here."""
+        per_pixel = header.working_bytes(MODEL_SIZE) / header.pixels
+        return min(self.settings.max_image_pixels, int(self.images.capacity / per_pixel))
+
+    @contextlib.contextmanager
+    def _reserved(self, budget: ByteBudget, nbytes: int) -> Iterator[None]:
+        try:
+            with budget.reserve(nbytes, timeout=self.settings.model_timeout_seconds):
+                yield
+        except TimeoutError:
+            raise ApiError(503, "busy", "too many images in progress; retry shortly",
+                           {"Retry-After": str(self.settings.retry_after_seconds)}) from None
+
+    def _mask(self, image_bytes: bytes, header: ImageHeader) -> SaliencyMask:
+        example = self._example(image_bytes, header)  # the full-size image is gone when it returns
         if self.batcher is None:
             [(saliency, version)] = self._predict([example])
         else:  # together with this worker's other requests of the moment
             [(saliency, version)] = self.batcher.submit([example], timeout=self.settings.model_timeout_seconds + 1)
-        mask = mask_to_image(saliency, height, width)
+        mask = mask_to_image(saliency, header.height, header.width)
         ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, self.settings.png_compression, *PNG_FILTER])
+        del mask
         if not ok:
             raise RuntimeError("PNG encoding of the mask failed")
-        return SaliencyMask(png.tobytes(), width, height, version)
+        return SaliencyMask(png.tobytes(), header.width, header.height, version)
+
+    @staticmethod
+    def _example(image_bytes: bytes, header: ImageHeader) -> np.ndarray:
+        image = decode_image(image_bytes, header, min_side=MODEL_SIZE)
+        return model_input(to_rgb8(image, MODEL_SIZE, in_place=True))
 
     def _predict(self, examples: list[np.ndarray]) -> list[tuple[np.ndarray, int | None]]:
         """One Predict call for a stack of prepared images."""
@@ -70,3 +108,7 @@ class SaliencyModel:
             output_filter=["img_out"],
         )
         return [(saliency, result.model_version) for saliency in result.outputs["img_out"]]
+
+
+def _mb(nbytes: int) -> int:
+    return -(-nbytes // 2**20)

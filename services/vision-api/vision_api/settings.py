@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from service_kit.memory import container_memory_limit
 from service_kit.settings import ServiceSettings, env
 
 
@@ -12,10 +13,35 @@ class VisionApiSettings(ServiceSettings):
     model_name: str = env("MODEL_NAME", "cv_sod")
     max_body_bytes: int = env("MAX_BODY_BYTES", 20 * 1024 * 1024)
     # Checked from the image header before decoding: a 50 kB PNG can claim 100000x100000 pixels.
+    # Images that need more memory than a worker's budget (below) are refused under this too.
     max_image_pixels: int = env("MAX_IMAGE_PIXELS", 40_000_000)
-    # Images decoded at once per worker; more wait (bounded by MODEL_TIMEOUT_SECONDS, then 503).
-    max_images_in_flight: int = env("MAX_IMAGES_IN_FLIGHT", 8)
+    # The instance's memory in MB; 0: its container's limit (cgroup). Local mode passes compose's
+    # `deploy.resources.limits.memory` here, so both modes budget alike.
+    memory_limit_mb: int = env("MEMORY_LIMIT_MB", 0)
+    # What each worker may hold for request bodies and images at once, in MB; 0: derived from the
+    # instance's memory (image_memory_budget_bytes). Requests past it wait, then 503.
+    image_memory_budget_mb: int = env("IMAGE_MEMORY_BUDGET_MB", 0)
     # PNG compression of the returned mask: 1 is several times faster than 9 and barely larger.
     png_compression: int = env("PNG_COMPRESSION", 1)
     # A 320x320 float image is 1.2 MB on the wire: keep one batched call well under 64 MB.
     model_max_batch_size: int = env("MODEL_MAX_BATCH_SIZE", 8)
+
+    def image_memory_budget_bytes(self) -> int:
+        """IMAGE_MEMORY_BUDGET_MB, or the instance's memory less what its processes take at rest,
+        shared among its workers, with a margin for what is not counted (allocator slack, buffers)."""
+        if self.image_memory_budget_mb:
+            return self.image_memory_budget_mb * MB
+        limit = self.memory_limit_mb * MB or container_memory_limit() or UNKNOWN_LIMIT_MB * MB
+        workers = self.worker_processes()
+        free = limit - ARBITER_MB * MB - workers * WORKER_AT_REST_MB * MB
+        return max(MINIMUM_BUDGET_MB * MB, int(free * BUDGET_SHARE / workers))
+
+
+MB = 2**20
+# Measured with tests/services/vision_api/test_memory.py (RSS of a started instance).
+ARBITER_MB = 40
+WORKER_AT_REST_MB = 130
+BUDGET_SHARE = 0.8
+MINIMUM_BUDGET_MB = 64
+# A bare host without a limit: budget as if it were compose's instance.
+UNKNOWN_LIMIT_MB = 512

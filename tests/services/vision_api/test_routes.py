@@ -11,8 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
+from local_stack import compose_file
+from tests.conftest import REPO_ROOT
 from tests.services.vision_api.conftest import encode, photo, png_claiming
-from vision_api import create_app
+from vision_api import create_app, routes
+from vision_api.image_decoding import ImageHeader
+from vision_api.saliency import SaliencyModel
 from vision_api.settings import VisionApiSettings
 
 
@@ -109,13 +113,47 @@ def test_model_server_down_is_a_fast_503(client, vision_client_fake):
     assert reply.json["error"]["code"] == "model_unavailable"
 
 
-def test_too_many_images_at_once_is_a_503_not_unbounded_memory(vision_client_fake):
-    app = create_app(VisionApiSettings(max_images_in_flight=1, model_timeout_seconds=0.05), client=vision_client_fake)
-    model = app.extensions["saliency_model"]
-    assert model.in_flight.acquire()  # one image is being worked on
-    try:
+def test_images_past_the_memory_budget_wait_then_get_a_503(vision_client_fake):
+    app = create_app(VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
+                     client=vision_client_fake)
+    images = app.extensions["saliency_model"].images
+    with images.reserve(images.capacity, timeout=1):  # other requests hold the whole image share
         reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
-    finally:
-        model.in_flight.release()
     assert reply.status_code == 503 and reply.json["error"]["code"] == "busy" and reply.headers["Retry-After"]
     assert app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png").status_code == 200
+    assert images.used == 0
+
+
+def test_the_body_share_is_taken_before_the_body_is_read(vision_client_fake, monkeypatch):
+    app = create_app(VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
+                     client=vision_client_fake)
+    bodies = app.extensions["saliency_model"].bodies
+    monkeypatch.setattr(routes, "_image_from_request", lambda: pytest.fail("read a body without room for it"))
+    with bodies.reserve(bodies.capacity, timeout=1):
+        reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
+    assert reply.status_code == 503 and reply.json["error"]["code"] == "busy"
+
+
+def test_an_image_larger_than_the_budget_is_refused_before_decoding(vision_client_fake, monkeypatch):
+    """A 30 MP 16-bit RGBA PNG needs ~400 MB: more than a 64 MB budget ever has. The answer names
+    the limit for that kind of image."""
+    app = create_app(VisionApiSettings(image_memory_budget_mb=64), client=vision_client_fake)
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("decoded an image over the budget"))
+    claim = bytearray(encode(np.zeros((1, 1, 4), np.uint16)))
+    claim[16:24] = (6000).to_bytes(4, "big") + (5000).to_bytes(4, "big")
+    reply = app.test_client().post("/cv_sod", data=bytes(claim), content_type="image/png")
+    assert reply.status_code == 413 and reply.json["error"]["code"] == "image_too_large"
+    message = reply.json["error"]["message"]
+    assert "6000x5000 16-bit color with alpha PNG" in message
+    per_pixel = 8 + 4  # decoded, and its 8-bit copy
+    assert f"at most about {48 * 2**20 // per_pixel} pixels of this kind" in message
+
+
+def test_the_readme_states_the_budget_and_limits_compose_gives():
+    limit = int(compose_file.load().environments["vision-api"]["MEMORY_LIMIT_MB"])
+    model = SaliencyModel(client=None, settings=VisionApiSettings(memory_limit_mb=limit, web_concurrency=1))
+    readme = (REPO_ROOT / "services" / "README.md").read_text()
+    readme = " ".join(readme.split())
+    assert f"{model.settings.image_memory_budget_bytes() >> 20} MB of compose's {limit} MB" in readme
+    png16, png16_alpha = (model.max_pixels(ImageHeader("PNG", 10, 10, channels, 2)) for channels in (3, 4))
+    assert f"{png16 / 1e6:.1f} MP for 16-bit color and {png16_alpha / 1e6:.1f} MP for 16-bit color with alpha" in readme
