@@ -11,13 +11,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
 from local_stack import compose_file, topology
-from local_stack.processes import SupervisedProcess, http_ok
+from local_stack.processes import SupervisedProcess, http_ok, port_is_free
 
 REPO_ROOT = compose_file.REPO_ROOT
 
@@ -36,16 +35,6 @@ def parse_scale(values: list[str]) -> dict[str, int]:
     return scale
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx binds: TIME_WAIT is no obstacle
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def up(args: argparse.Namespace) -> int:
     run_dir = args.run_dir.resolve()
     state_file = run_dir / "stack.json"
@@ -60,9 +49,8 @@ def up(args: argparse.Namespace) -> int:
     options = topology.Options(run_dir=run_dir, http_port=args.http_port, host=args.host,
                                scale=parse_scale(args.scale), model_repository=args.model_repository.resolve())
     nginx_temp = topology.nginx_temp_dir()
-    specs = topology.build_specs(options, nginx_temp)
-    processes = [SupervisedProcess(spec, say) for spec in specs]
-    (run_dir / "prometheus.yml").write_text(topology.prometheus_config(specs))
+    processes = topology.supervised(options, nginx_temp, say)
+    (run_dir / "prometheus.yml").write_text(topology.prometheus_config([p.spec for p in processes]))
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

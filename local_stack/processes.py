@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -24,6 +25,16 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: if the launcher dies (even by SIGKILL), the child gets
     SIGTERM, so no process outlives the stack."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def http_ok(url: str, must_contain: tuple[str, ...] = ()) -> Callable[[], bool]:
@@ -74,6 +85,7 @@ class ServiceSpec:
     ready: Callable[[], bool]
     address: str  # what to print: where it listens
     readiness_url: str = ""  # an API instance's /readyz: 200 while its model is available
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)  # loopback ports it listens on, by role
 
 
 class SupervisedProcess:
@@ -85,6 +97,10 @@ class SupervisedProcess:
         self.restarts = 0
         self._crashes_in_a_row = 0
         self._restart_at: float | None = None
+        # Called before a restart when another program took one of `spec.ports` meanwhile; it
+        # gives this process (and whoever reaches it) new ports. Without it, the restart would
+        # fail to bind, and again, for ever.
+        self.on_ports_taken: Callable[[SupervisedProcess], None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -109,7 +125,10 @@ class SupervisedProcess:
             if now >= self._restart_at:
                 self.restarts += 1
                 self.say(f"restarting {self.spec.name} (restart #{self.restarts})")
-                self.start()
+                if self.on_ports_taken and not all(port_is_free("127.0.0.1", p) for p in self.spec.ports.values()):
+                    self.on_ports_taken(self)  # may start it itself, before those that follow it
+                if self.process is None or self.process.poll() is not None:
+                    self.start()
             return
         code = self.process.poll()
         if code is None:
@@ -139,6 +158,23 @@ class SupervisedProcess:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             pass
+
+    def restart(self, timeout: float) -> None:
+        self.stop(timeout)
+        self.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.spec.ready():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def reload(self) -> None:
+        """SIGHUP: nginx re-reads its configuration without dropping a connection."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     def _kill_group(self, sig: int) -> None:
         try:

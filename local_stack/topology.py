@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import socket
 import sys
@@ -19,12 +20,15 @@ from pathlib import Path
 import yaml
 
 from local_stack import compose_file
-from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok, model_settled
+from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok, model_settled, port_is_free
 
 REPO_ROOT = compose_file.REPO_ROOT
 NGINX_DIR = REPO_ROOT / "services" / "nginx"
 PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
 STOP_TIMEOUT_SECONDS = 25.0
+# How long an API instance restarted to follow a moved model server may take to be ready.
+FOLLOW_TIMEOUT_SECONDS = 120.0
+EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @dataclasses.dataclass
@@ -41,8 +45,20 @@ class Options:
     model_repository: Path = compose_file.MODEL_REPOSITORY
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_port(exclude: frozenset[int] | set[int] = frozenset()) -> int:
+    """A free loopback port below the kernel's ephemeral range: a port from that range can be
+    taken by any outgoing connection (nginx's to an upstream, a client's) while its service is
+    down for a restart."""
+    try:
+        ephemeral_low = int(EPHEMERAL_PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    if ephemeral_low > 12_000:
+        for _ in range(100):
+            port = random.randrange(ephemeral_low - 10_000, ephemeral_low)
+            if port not in exclude and port_is_free("127.0.0.1", port):
+                return port
+    with socket.socket() as sock:  # no room below it: any free port
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -54,11 +70,20 @@ def find_nginx() -> str:
     return found
 
 
-def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
+def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None = None) -> list[ServiceSpec]:
+    """Every process of the stack; `ports` (by role, as in ServiceSpec.ports) keeps those given,
+    and free ones are chosen for the rest. Writes nginx.conf for the upstreams' ports."""
     settings = compose_file.load(repository=options.model_repository)
     run_dir = options.run_dir
     logs = run_dir / "logs"
-    grpc_port, rest_port = free_port(), free_port()
+    ports = dict(ports or {})
+
+    def port(role: str) -> int:
+        if role not in ports:
+            ports[role] = free_port(exclude=set(ports.values()))
+        return ports[role]
+
+    grpc_port, rest_port = port("model-server-grpc"), port("model-server-rest")
     python = sys.executable
     base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     flags = settings.model_server_flags if options.model_server_flags is None else options.model_server_flags
@@ -73,15 +98,16 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
         cwd=REPO_ROOT, log_path=logs / "model-server.log",
         ready=lambda: all(check() for check in model_check),
         address=f"gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}",
+        ports={"model-server-grpc": grpc_port, "model-server-rest": rest_port},
     )]
     upstreams: dict[str, list[str]] = {}
     for service, count in options.scale.items():
         service_dir = REPO_ROOT / "services" / service
         for index in range(1, count + 1):
-            port = free_port()
-            upstreams.setdefault(service, []).append(f"127.0.0.1:{port}")
+            api_port = port(f"{service}-{index}")
+            upstreams.setdefault(service, []).append(f"127.0.0.1:{api_port}")
             env = {**base_env, **settings.environments[service], **options.env_overrides.get(service, {}),
-                   "TFSERVING_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "API_BIND": f"127.0.0.1:{port}"}
+                   "TFSERVING_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "API_BIND": f"127.0.0.1:{api_port}"}
             # Each instance sums its own workers' metrics; emptied by gunicorn at every (re)start.
             env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics" / f"{service}-{index}")
             # The same gunicorn.conf.py the service's container runs.
@@ -95,8 +121,8 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
                 env=env, cwd=service_dir, log_path=logs / f"{service}-{index}.log",
                 # Ready when its model is, or when its model failed to load (then its routes
                 # answer 503 and `./stack up` says so); other services do not wait on it.
-                ready=model_settled(f"http://127.0.0.1:{port}/readyz"), address=f"http://127.0.0.1:{port}",
-                readiness_url=f"http://127.0.0.1:{port}/readyz",
+                ready=model_settled(f"http://127.0.0.1:{api_port}/readyz"), address=f"http://127.0.0.1:{api_port}",
+                readiness_url=f"http://127.0.0.1:{api_port}/readyz", ports={f"{service}-{index}": api_port},
             ))
     sys.path.insert(0, str(NGINX_DIR))
     import render  # services/nginx/render.py: the template both modes share
@@ -118,6 +144,46 @@ def build_specs(options: Options, nginx_temp: Path) -> list[ServiceSpec]:
         address=f"http://{options.host}:{options.http_port}",
     ))
     return specs
+
+
+def supervised(options: Options, nginx_temp: Path, say: Callable[[str], None]) -> list[SupervisedProcess]:
+    """The stack's processes, each restarted when it dies; one whose port another program took
+    while it was down restarts on a new port, and whoever reaches it follows."""
+    processes = [SupervisedProcess(spec, say) for spec in build_specs(options, nginx_temp)]
+
+    def move(process: SupervisedProcess) -> None:
+        assignment = {role: number for p in processes for role, number in p.spec.ports.items()}
+        for role, number in process.spec.ports.items():
+            if not port_is_free("127.0.0.1", number):
+                assignment[role] = free_port(exclude=set(assignment.values()))
+                say(f"{process.spec.name}: port {number} was taken while it was down; moving to {assignment[role]}")
+        nginx_conf = options.run_dir / "nginx" / "nginx.conf"
+        conf_before = nginx_conf.read_text()
+        renewed = {spec.name: spec for spec in build_specs(options, nginx_temp, assignment)}
+        followers = []
+        for other in processes:
+            before, other.spec = other.spec, renewed[other.spec.name]
+            if other is process or other.process is None:
+                continue
+            if other.spec.name == "nginx" and nginx_conf.read_text() != conf_before:
+                say("nginx: reloading with the new upstream")
+                other.reload()
+            elif (before.args, before.env) != (other.spec.args, other.spec.env):
+                followers.append(other)
+        if followers:
+            process.start()  # the model server first: the API instances are ready only once it is
+            for follower in followers:  # one at a time, each ready before the next: nginx always has one
+                say(f"{follower.spec.name}: restarting to follow the model server")
+                follower.restart(STOP_TIMEOUT_SECONDS)
+                follower.wait_ready(FOLLOW_TIMEOUT_SECONDS)
+            say(f"{len(followers)} API instances follow the model server")
+        prometheus = options.run_dir / "prometheus.yml"
+        if prometheus.exists():
+            prometheus.write_text(prometheus_config([p.spec for p in processes]))
+
+    for process in processes:
+        process.on_ports_taken = move
+    return processes
 
 
 def prometheus_config(specs: list[ServiceSpec]) -> str:
@@ -167,7 +233,7 @@ def nginx_temp_dir() -> Path:
 def running(options: Options, say: Callable[[str], None], timeout: float = 120.0) -> Iterator[list[SupervisedProcess]]:
     """The whole topology, ready, for the duration of a `with` block (the benchmark's use)."""
     nginx_temp = nginx_temp_dir()
-    processes = [SupervisedProcess(spec, say) for spec in build_specs(options, nginx_temp)]
+    processes = supervised(options, nginx_temp, say)
     try:
         not_ready = start_and_wait(processes, timeout)
         if not_ready:

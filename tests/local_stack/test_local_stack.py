@@ -3,11 +3,15 @@ and vision-api, and nginx as local processes, exactly as a user starts them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -84,6 +88,67 @@ def test_a_killed_gunicorn_master_is_restarted(stack):
     assert now["pid"] != before["pid"]
     assert failures == 0, "nginx sent the requests to the other instance meanwhile"
     assert all(post_line(stack.url, "很好").status_code == 200 for _ in range(10))
+
+
+@contextlib.contextmanager
+def port_taken_while_down(stack, service: str, port: int) -> Iterator[None]:
+    """`service` dies and, before the launcher restarts it, another program listens on `port`
+    (the launcher is paused meanwhile, so the order is certain)."""
+    launcher = stack.process.process.pid
+    os.kill(launcher, signal.SIGSTOP)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no obstacle
+    try:
+        os.killpg(stack.service(service)["pid"], signal.SIGKILL)  # the whole group: nothing holds the port
+
+        def bound() -> bool:
+            try:
+                squatter.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+        wait_until(bound, 10, f"port {port} to be free")
+        squatter.listen()
+    finally:
+        os.kill(launcher, signal.SIGCONT)
+    try:
+        yield
+    finally:
+        squatter.close()
+
+
+def port_of(address: str) -> int:
+    return int(address.rstrip("/").rsplit(":", 1)[1])
+
+
+def test_an_instance_whose_port_was_taken_while_it_was_down_moves_and_nginx_follows(stack):
+    """Issue 13: it used to fail to bind, again and again, for ever."""
+    before = stack.service("vision-api-2")
+    with port_taken_while_down(stack, "vision-api-2", port_of(before["address"])):
+        wait_until(lambda: stack.service("vision-api-2")["address"] != before["address"]
+                   and api_ready(stack.service("vision-api-2")["address"]), 60, "vision-api-2 on a new port")
+        after = stack.service("vision-api-2")
+        assert after["restarts"] == before["restarts"] + 1, "restarted once, on the new port: no crash loop"
+        moved = f"port {port_of(before['address'])} was taken while it was down; moving to {port_of(after['address'])}"
+        assert moved in stack.process.log_text()
+        for _ in range(8):  # nginx's round robin reaches the moved instance
+            assert requests.post(f"{stack.url}/cv_sod", data=end_to_end.image_bytes(),
+                                 headers={"Content-Type": "image/jpeg"}, timeout=30).status_code == 200
+        served = requests.get(f"{after['address']}/metrics", timeout=5).text
+        assert 'http_requests_total{method="POST",route="/cv_sod",status="200"}' in served
+
+
+def test_a_model_server_whose_ports_were_taken_moves_and_the_apis_follow(stack):
+    before = stack.service("model-server")
+    grpc_port = int(before["address"].split("gRPC 127.0.0.1:", 1)[1].split(",")[0])
+    with port_taken_while_down(stack, "model-server", grpc_port):
+        wait_until(lambda: stack.service("model-server")["address"] != before["address"], 60, "a new address")
+        wait_until(lambda: "API instances follow the model server" in stack.process.log_text(), 180,
+                   "the API instances to follow the model server, one at a time")
+        assert stack.service("model-server")["restarts"] == before["restarts"] + 1
+        assert all(post_line(stack.url, "质量不错").status_code == 200 for _ in range(10))
+        end_to_end.check_image_routes(stack.url)
 
 
 def test_down_stops_everything(tmp_path_factory):
