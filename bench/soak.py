@@ -2,7 +2,8 @@
 latency, failures, memory and open files of every service, /metrics scrape time, metric files.
 
     .venv/bin/python -m bench.soak                          # 30 minutes at 70%; bench/results/soak.md
-    .venv/bin/python -m bench.soak --max-requests 4000      # the same with gunicorn recycling workers
+    .venv/bin/python -m bench.soak --max-requests 4000 --name soak-recycling
+                                                            # the same with gunicorn recycling workers
     .venv/bin/python -m bench.soak --minutes 1 --out DIR    # the test suite's short form
 
 The load is wrk with bench/wrk/lstm_paced.lua: each connection pauses between its requests, and
@@ -141,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=0, help="GUNICORN_MAX_REQUESTS (0: no recycling)")
     parser.add_argument("--minute-seconds", type=float, default=60.0, help="length of one reported interval")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--name", default="soak", help="of the result files in --out (NAME.md, NAME.json)")
     args = parser.parse_args(argv)
     capacity, target, rows = soak(args.minutes, args.share, args.max_requests, args.minute_seconds)
     command = " ".join([".venv/bin/python -m bench.soak", *(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.md").write_text(report(capacity, target, rows, command, args.max_requests))
-    (args.out / "soak.json").write_text(json.dumps({"capacity": capacity, "target": target,
+    (args.out / f"{args.name}.md").write_text(report(capacity, target, rows, command, args.max_requests))
+    (args.out / f"{args.name}.json").write_text(json.dumps({"capacity": capacity, "target": target,
                                                     "minutes": [dataclasses.asdict(r) for r in rows]}, indent=1))
     return 0
 
