@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from bench.run import IMAGES_DIR, REPO_ROOT, WRK_DIR, Cell, parse_wrk, raise_file_limit, stack
-from local_stack import topology
+from local_stack import compose_file, topology
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
@@ -95,7 +95,7 @@ def py_spy(pid: int, seconds: float, output: Path, *, raw: bool) -> subprocess.P
 
 def measure(args: argparse.Namespace) -> Profile:
     name = args.route.strip("/")
-    api = "text-api" if name == "lstm" else "vision-api"
+    api = next(s.name for s in compose_file.load().services if args.route in s.routes)
     script = "lstm_post.lua" if name == "lstm" else "image_post.lua"
     env = {**os.environ, "IMAGES": ",".join(str(p) for p in sorted(IMAGES_DIR.iterdir()))}
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as work, \

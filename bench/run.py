@@ -137,12 +137,13 @@ def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env:
     """The local stack (model server, API services, nginx); yields nginx's URL, the pids to meter
     and the processes."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = {service: dict(env or {}) for service in ("text-api", "vision-api")}
+    replicas = compose_file.load().replicas  # every API service of the roster, compose's counts
+    overrides = {service: dict(env or {}) for service in replicas}
     if text_app:
         overrides["text-api"]["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                                             os.environ.get("PYTHONPATH")]))
     options = topology.Options(run_dir=run_dir, http_port=http_port,
-                               scale={**compose_file.load().replicas,
+                               scale={**replicas,
                                       **({"text-api": text_instances} if text_instances else {})},
                                env_overrides=overrides, app_overrides={"text-api": text_app} if text_app else {},
                                model_server_flags=model_server_flags)

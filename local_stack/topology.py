@@ -21,9 +21,9 @@ import yaml
 
 from local_stack import compose_file
 from local_stack.processes import ServiceSpec, SupervisedProcess, http_ok, model_settled, port_is_free
+from service_roster import nginx_conf
 
 REPO_ROOT = compose_file.REPO_ROOT
-NGINX_DIR = REPO_ROOT / "services" / "nginx"
 PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
 STOP_TIMEOUT_SECONDS = 25.0
 # How long an API instance restarted to follow a moved model server may take to be ready.
@@ -124,17 +124,14 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
                 ready=model_settled(f"http://127.0.0.1:{api_port}/readyz"), address=f"http://127.0.0.1:{api_port}",
                 readiness_url=f"http://127.0.0.1:{api_port}/readyz", ports={f"{service}-{index}": api_port},
             ))
-    sys.path.insert(0, str(NGINX_DIR))
-    import render  # services/nginx/render.py: the template both modes share
-
     nginx_dir = run_dir / "nginx"
     nginx_dir.mkdir(parents=True, exist_ok=True)
     # nginx's workers (user nobody when started as root) may not reach the checkout; /tmp they can.
-    shutil.copytree(render.STATIC_DIR, nginx_temp / "static", dirs_exist_ok=True)
-    values = render.values_for_local(f"{options.host}:{options.http_port}", nginx_dir, upstreams["text-api"],
-                                     upstreams["vision-api"], static_dir=nginx_temp / "static")
+    shutil.copytree(REPO_ROOT / nginx_conf.STATIC, nginx_temp / "static", dirs_exist_ok=True)
+    values = nginx_conf.values_for_local(settings.services, f"{options.host}:{options.http_port}", nginx_dir,
+                                         upstreams, static_dir=nginx_temp / "static")
     values["temp_dir"] = str(nginx_temp)
-    (nginx_dir / "nginx.conf").write_text(render.render(values))
+    (nginx_dir / "nginx.conf").write_text(nginx_conf.render(values, (REPO_ROOT / nginx_conf.TEMPLATE).read_text()))
     specs.append(ServiceSpec(
         name="nginx",
         args=[find_nginx(), "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),

@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 import requests
 
+import service_roster
 from local_stack.topology import free_port
 from tests.compose.docker_host import DockerUnavailable, docker_engine, require_compose_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "tfserving" / "models"
+# The API services as the roster declares them (services/*/service.toml): the tests' one list.
+ROSTER = service_roster.load(REPO_ROOT / "services")
+API_NAMES = tuple(service.name for service in ROSTER)
 
 
 def pytest_sessionstart(session) -> None:

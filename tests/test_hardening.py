@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from service_roster import nginx_conf
+from tests.conftest import REPO_ROOT, ROSTER
 
 PRODUCT = ["services", "libs", "tfserving/model_server", "local_stack", "training"]
 FORBIDDEN = {
@@ -44,7 +45,7 @@ def test_the_scan_sees_the_product():
 
 def test_limits_and_timeouts_are_documented():
     documented = (REPO_ROOT / "services" / "README.md").read_text()
-    template = (REPO_ROOT / "services" / "nginx" / "nginx.conf.template").read_text()
+    rendered = nginx_conf.render(nginx_conf.values_for_compose(ROSTER), (REPO_ROOT / nginx_conf.TEMPLATE).read_text())
     for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "proxy_read_timeout",
                       "large_client_header_buffers", "client_max_body_size"):
-        assert directive in template and f"`{directive}`" in documented, directive
+        assert directive in rendered and f"`{directive}`" in documented, directive

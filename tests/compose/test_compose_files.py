@@ -14,7 +14,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import API_NAMES, REPO_ROOT
 
 
 def interpolated(path: Path) -> dict:
@@ -26,7 +26,7 @@ def interpolated(path: Path) -> dict:
 COMPOSE = interpolated(REPO_ROOT / "compose.yaml")
 GPU = interpolated(REPO_ROOT / "compose.gpu.yaml")
 SERVICES = COMPOSE["services"]
-APIS = ("text-api", "vision-api")
+APIS = API_NAMES
 DOCKERFILES = sorted((REPO_ROOT / "services").glob("*/Dockerfile")) + [REPO_ROOT / "tfserving/model_server/Dockerfile"]
 MODEL_SERVER = interpolated(REPO_ROOT / "compose.model-server.yaml")["services"]["tfserving"]
 
@@ -159,7 +159,7 @@ def test_api_images_run_gunicorn_from_the_shared_config_as_non_root_without_tens
 
 def test_nginx_image_renders_the_shared_template_and_runs_unprivileged():
     dockerfile = (REPO_ROOT / "services" / "nginx" / "Dockerfile").read_text()
-    assert "render.py compose" in dockerfile and "nginx-unprivileged" in dockerfile
+    assert "service_roster.nginx_conf compose" in dockerfile and "nginx-unprivileged" in dockerfile
     version = dockerfile.split("nginx-unprivileged:")[1].split("-")[0]
     assert tuple(map(int, version.split("."))) >= (1, 27, 3), "upstream `resolve` needs nginx 1.27.3+"
 

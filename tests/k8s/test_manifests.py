@@ -10,14 +10,14 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import API_NAMES, REPO_ROOT, ROSTER
 from tests.k8s.kustomize import build
 
 K8S = REPO_ROOT / "k8s"
 BASE, GPU = build(K8S / "base"), build(K8S / "overlays" / "gpu")
 INGRESS_NGINX = build(K8S / "ingress-nginx")
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]
-APIS = ("text-api", "vision-api")
+APIS = API_NAMES
 
 
 def find(documents: list[dict], kind: str, name: str) -> dict:
@@ -78,17 +78,17 @@ def test_api_services_probe_health_scale_and_run_as_compose_does(api):
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_ingress_routes_what_nginx_routes_with_the_same_body_limits():
-    template = (REPO_ROOT / "services" / "nginx" / "nginx.conf.template").read_text()
-    nginx_limits = dict(re.findall(r"location = (/\w+) \{\s*client_max_body_size (\w+);", template))
+def test_ingress_routes_what_the_roster_routes_with_the_same_body_limits():
+    roster_routes = {route: (service.name, service.body_limit) for service in ROSTER for route in service.routes}
     routes = {}
     for ingress in (d for d in BASE if d["kind"] == "Ingress"):
         assert ingress["spec"]["ingressClassName"] == "nginx"
         for path in ingress["spec"]["rules"][0]["http"]["paths"]:
             backend = path["backend"]["service"]["name"]
             assert find(BASE, "Service", backend)
-            routes[path["path"]] = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
-    assert routes == nginx_limits
+            body_size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+            routes[path["path"]] = (backend, body_size)
+    assert routes == roster_routes
 
 
 def test_everything_lands_in_the_namespace():

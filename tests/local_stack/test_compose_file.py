@@ -17,7 +17,8 @@ def test_compose_memory_sizes_in_mb(size, mb):
 def test_local_instances_are_told_the_memory_limit_their_container_would_have():
     """In a container vision-api budgets its memory from its cgroup; a local process has none."""
     services = yaml.safe_load(compose_file.COMPOSE_FILE.read_text())["services"]
-    environments = compose_file.load().environments
-    for name in compose_file.API_SERVICES:
+    settings = compose_file.load()
+    environments = settings.environments
+    for name in (s.name for s in settings.services):
         limit = services[name]["deploy"]["resources"]["limits"]["memory"]
         assert environments[name]["MEMORY_LIMIT_MB"] == str(compose_file.memory_mb(limit))

@@ -10,7 +10,7 @@ import re
 import requests
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import API_NAMES, REPO_ROOT
 
 MONITORING = REPO_ROOT / "monitoring"
 DASHBOARD = json.loads((MONITORING / "grafana" / "dashboards" / "model-serving.json").read_text())
@@ -60,8 +60,8 @@ def test_metric_name_extraction():
 def test_prometheus_scrapes_every_replica_and_tf_servings_metrics():
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"text-api", "vision-api", "tfserving"}
-    for api in ("text-api", "vision-api"):
+    assert set(jobs) == {*API_NAMES, "tfserving"}
+    for api in API_NAMES:
         assert jobs[api]["dns_sd_configs"][0] == {"names": [api], "type": "A", "port": 8000, "refresh_interval": "10s"}
     monitoring_config = (REPO_ROOT / "tfserving" / "models" / "monitoring.config").read_text()
     assert f'path: "{jobs["tfserving"]["metrics_path"]}"' in monitoring_config

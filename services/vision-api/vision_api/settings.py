@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from service_kit.memory import container_memory_limit
 from service_kit.settings import ServiceSettings, env
+from service_roster import ROSTER_FILE, read_service
+
+# This service in the roster: its model and body limit are stated there, once.
+ROSTER_ENTRY = read_service(Path(__file__).resolve().parents[1] / ROSTER_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionApiSettings(ServiceSettings):
-    model_name: str = env("MODEL_NAME", "cv_sod")
-    max_body_bytes: int = env("MAX_BODY_BYTES", 20 * 1024 * 1024)
+    model_name: str = env("MODEL_NAME", ROSTER_ENTRY.models[0])
+    max_body_bytes: int = env("MAX_BODY_BYTES", ROSTER_ENTRY.body_limit_bytes)
     # Checked from the image header before decoding: a 50 kB PNG can claim 100000x100000 pixels.
     # Images that need more memory than a worker's budget (below) are refused under this too.
     max_image_pixels: int = env("MAX_IMAGE_PIXELS", 40_000_000)

@@ -13,27 +13,26 @@ from pathlib import Path
 import crossplane
 import pytest
 
-from tests.conftest import REPO_ROOT
+from service_roster import nginx_conf
+from tests.conftest import API_NAMES, REPO_ROOT, ROSTER
 
-NGINX_DIR = REPO_ROOT / "services" / "nginx"
-sys.path.insert(0, str(NGINX_DIR))
-import render  # noqa: E402 - services/nginx/render.py is a script, not a package
+TEMPLATE = (REPO_ROOT / nginx_conf.TEMPLATE).read_text()
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def render_local(tmp_path: Path) -> Path:
-    values = render.values_for_local("127.0.0.1:18080", tmp_path, ["127.0.0.1:18101", "127.0.0.1:18102"],
-                                     ["127.0.0.1:18201"])
+    upstreams = {"text-api": ["127.0.0.1:18101", "127.0.0.1:18102"], "vision-api": ["127.0.0.1:18201"]}
+    values = nginx_conf.values_for_local(ROSTER, "127.0.0.1:18080", tmp_path, upstreams, REPO_ROOT / nginx_conf.STATIC)
     (tmp_path / "temp").mkdir(exist_ok=True)
     path = tmp_path / "local.conf"
-    path.write_text(render.render(values))
+    path.write_text(nginx_conf.render(values, TEMPLATE))
     return path
 
 
 def render_compose(tmp_path: Path) -> Path:
     path = tmp_path / "compose.conf"
-    path.write_text(render.render(render.values_for_compose()))
+    path.write_text(nginx_conf.render(nginx_conf.values_for_compose(ROSTER), TEMPLATE))
     return path
 
 
@@ -53,7 +52,7 @@ def test_compose_render_passes_nginx_t_apart_from_what_needs_docker(tmp_path):
     service names; with exactly those two things swapped for loopback, the rest must pass."""
     text = render_compose(tmp_path).read_text()
     assert "server text-api:8000 resolve;" in text and "resolver 127.0.0.11" in text
-    for name in ("text-api", "vision-api"):
+    for name in API_NAMES:
         text = text.replace(f"server {name}:8000 resolve;", "server 127.0.0.1:8000;")
     text = re.sub(r"^\s*resolver(_timeout)? .*;$", "", text, flags=re.MULTILINE)
     # The image's /tmp becomes tmp_path; nothing is created for nginx (it must create what it needs).
@@ -100,7 +99,7 @@ def test_what_the_system_relies_on_is_configured(tmp_path):
     assert found["proxy_next_upstream_tries"] == [["3"]]
     assert ["1.1"] in found["proxy_http_version"] and ["Connection", ""] in found["proxy_set_header"]
     assert ["X-Request-ID", "$req_id"] in found["proxy_set_header"]
-    assert {a[0] for a in found["client_max_body_size"]} == {"1m", "21m"}
+    assert {a[0] for a in found["client_max_body_size"]} == {service.body_limit for service in ROSTER}
     assert ["on"] in found["proxy_request_buffering"]
     assert [["127.0.0.1:18101", "max_fails=1", "fail_timeout=2s"], ["127.0.0.1:18102", "max_fails=1",
             "fail_timeout=2s"], ["127.0.0.1:18201", "max_fails=1", "fail_timeout=2s"]] == found["server"][:3]
@@ -108,4 +107,4 @@ def test_what_the_system_relies_on_is_configured(tmp_path):
 
 def test_template_and_values_cannot_drift():
     with pytest.raises(ValueError):
-        render.render({"listen": "80"})
+        nginx_conf.render({"listen": "80"}, TEMPLATE)

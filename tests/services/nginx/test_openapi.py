@@ -1,30 +1,30 @@
 """The OpenAPI document nginx serves at /openapi.json: valid OpenAPI 3, and listing exactly the
-public routes the services expose (nginx passes /lstm... and /cv_sod... on; health and metrics
-routes stay internal)."""
+public routes the roster's services expose (nginx passes each service's routes and what is below
+them on; health and metrics routes stay internal)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 from openapi_spec_validator import validate
 
-from tests.conftest import REPO_ROOT
-from tests.services.conftest import FakeModelClient, fake_saliency, fake_sentiment
-from text_api import create_app as create_text_app
-from text_api.settings import TextApiSettings
-from vision_api import create_app as create_vision_app
-from vision_api.settings import VisionApiSettings
+from tests.conftest import REPO_ROOT, ROSTER
+from tests.services.conftest import FakeModelClient
 
 SPEC = json.loads((REPO_ROOT / "services" / "nginx" / "static" / "openapi.json").read_text())
-PUBLIC_PREFIXES = ("/lstm", "/cv_sod")  # nginx's locations that proxy to the services
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 
 
 def exposed_routes() -> set[tuple[str, str]]:
-    apps = [create_text_app(TextApiSettings(), client=FakeModelClient(fake_sentiment)),
-            create_vision_app(VisionApiSettings(), client=FakeModelClient(fake_saliency))]
-    return {(rule.rule, method.lower()) for app in apps for rule in app.url_map.iter_rules()
-            if rule.rule.startswith(PUBLIC_PREFIXES) for method in rule.methods & HTTP_METHODS}
+    """What each service's app serves under its roster routes (the model is never called)."""
+    exposed = set()
+    for service in ROSTER:
+        app = importlib.import_module(service.package).create_app(client=FakeModelClient(lambda inputs: {}))
+        prefixes = tuple(service.routes)
+        exposed |= {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
+                    if rule.rule.startswith(prefixes) for method in rule.methods & HTTP_METHODS}
+    return exposed
 
 
 def documented_routes() -> set[tuple[str, str]]:

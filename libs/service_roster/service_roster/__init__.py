@@ -1,0 +1,70 @@
+"""The roster: every API service declared once, in `services/<name>/service.toml`.
+
+nginx's upstreams, routes, body limits and route index, local mode's processes, the services' own
+body limit, and the tests' lists come from here; what cannot be generated (compose.yaml, k8s,
+Prometheus) is checked against it by tests. Standard library only (tomllib): nginx's image build
+reads it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+ROSTER_FILE = "service.toml"
+_SIZE = re.compile(r"^(\d+)([km]?)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    name: str  # the folder, the compose service, the k8s objects, the Prometheus job
+    package: str  # its Python package; `package:create_app()` is the WSGI app
+    routes: tuple[str, ...]  # public path prefixes nginx sends to it, with everything below them
+    body_limit: str  # largest request body, in nginx's notation ("512k", "20m")
+    models: tuple[str, ...]  # in models.config; the service is ready when they are
+    index: tuple[str, ...]  # what `GET /` lists for it, e.g. "POST /lstm"
+
+    @property
+    def body_limit_bytes(self) -> int:
+        number, unit = _SIZE.match(self.body_limit).groups()
+        return int(number) * {"": 1, "k": 2**10, "m": 2**20}[unit]
+
+    @property
+    def body_limit_text(self) -> str:
+        """For people: "512 KB", "20 MB"."""
+        number, unit = _SIZE.match(self.body_limit).groups()
+        return f"{number} {unit.upper()}B" if unit else f"{number} bytes"
+
+    @property
+    def upstream(self) -> str:
+        """nginx's name for its group of instances."""
+        return self.name.replace("-", "_")
+
+
+def read_service(path: Path) -> Service:
+    """One roster file; a missing or mistyped field stops whoever reads it, naming the file."""
+    data = tomllib.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(Service)}
+    if set(data) != fields:
+        raise ValueError(f"{path}: fields {sorted(data)}, expected {sorted(fields)}")
+    service = Service(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    if not _SIZE.match(service.body_limit):
+        raise ValueError(f"{path}: body_limit {service.body_limit!r} is not like 512k or 20m")
+    if not service.routes or not all(r.startswith("/") and not r.endswith("/") for r in service.routes):
+        raise ValueError(f"{path}: routes must be paths like /lstm")
+    return service
+
+
+def load(services_dir: Path) -> list[Service]:
+    """Every service under `services_dir` that has a roster file, by name."""
+    services = []
+    for path in sorted(services_dir.glob(f"*/{ROSTER_FILE}")):
+        services.append(read_service(path))
+        if services[-1].name != path.parent.name:  # (in an image the file sits in /app: only here)
+            raise ValueError(f"{path}: name {services[-1].name!r} is not its folder's name {path.parent.name!r}")
+    routes = [route for service in services for route in service.routes]
+    if len(routes) != len(set(routes)):
+        raise ValueError(f"a route is claimed twice: {sorted(routes)}")
+    return services

@@ -1,0 +1,136 @@
+"""nginx.conf from services/nginx/nginx.conf.template and the roster, for one of the two modes.
+
+    python -m service_roster.nginx_conf compose --repo . > nginx.conf     (the nginx image build)
+    python -m service_roster.nginx_conf local --repo . --listen 127.0.0.1:8080 --run-dir .run/nginx \
+        --upstream text-api=127.0.0.1:8101 --upstream vision-api=127.0.0.1:8201
+
+Only the placeholders differ between modes; routing, limits, timeouts and retries are the
+template's, and which routes go where, with which body limit, is the roster's: compose, local
+mode and a new service cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from service_roster import Service, load
+
+TEMPLATE = Path("services") / "nginx" / "nginx.conf.template"
+STATIC = Path("services") / "nginx" / "static"  # the demo page, the API page, openapi.json
+COMPOSE_PORT = 8000  # what every API service's gunicorn binds in its container
+COMPOSE_LISTEN = "8080"  # the unprivileged nginx image cannot bind 80
+
+
+def _servers(addresses: list[str], resolve: bool) -> str:
+    # In local mode a replica that refuses connections is skipped for 2 s, then tried again.
+    suffix = " resolve" if resolve else " max_fails=1 fail_timeout=2s"
+    return "\n".join(f"        server {address}{suffix};" for address in addresses)
+
+
+def _upstreams(services: list[Service], addresses: dict[str, list[str]], resolve: bool) -> str:
+    blocks = []
+    for service in services:
+        blocks.append(f"""    upstream {service.upstream} {{
+        zone {service.upstream} 64k;
+        least_conn;
+{_servers(addresses[service.name], resolve)}
+        keepalive 64;
+        # Shorter than gunicorn's keepalive (5 s): nginx closes idle connections first.
+        keepalive_timeout 4s;
+    }}""")
+    return "\n\n".join(blocks)
+
+
+def _locations(services: list[Service]) -> str:
+    blocks = []
+    for service in services:
+        for route in service.routes:
+            for match in (f"= {route}", f"{route}/"):
+                blocks.append(f"""        location {match} {{
+            client_max_body_size {service.body_limit};
+            proxy_pass http://{service.upstream};
+        }}""")
+    return "\n".join(blocks)
+
+
+def _roster_values(services: list[Service], addresses: dict[str, list[str]], resolve: bool) -> dict[str, str]:
+    index = [entry for service in services for entry in service.index]
+    limits = ", ".join(f"{service.body_limit_text} for {', '.join(service.routes)}" for service in services)
+    return {
+        "upstreams": _upstreams(services, addresses, resolve),
+        "locations": _locations(services),
+        # Inside nginx's single-quoted strings: JSON has no single quotes to escape.
+        "route_index": json.dumps(index, ensure_ascii=True),
+        "body_limits": limits,
+    }
+
+
+def values_for_compose(services: list[Service]) -> dict[str, str]:
+    return {
+        "worker_processes": "# (set by start-nginx.sh)",
+        "pid_file": "/tmp/nginx.pid",
+        "error_log": "/dev/stderr",
+        "access_log": "/dev/stdout json_lines",
+        # nginx creates each temp folder but not its parents: /tmp exists in every image.
+        "temp_dir": "/tmp",
+        "static_dir": "/usr/share/nginx/html",
+        # Docker's embedded DNS; re-resolved every 5 s so scaled replicas join and leave.
+        "resolver": "    resolver 127.0.0.11 valid=5s ipv6=off;\n    resolver_timeout 2s;\n",
+        "listen": COMPOSE_LISTEN,
+        **_roster_values(services, {s.name: [f"{s.name}:{COMPOSE_PORT}"] for s in services}, resolve=True),
+    }
+
+
+def values_for_local(services: list[Service], listen: str, run_dir: Path, upstreams: dict[str, list[str]],
+                     static_dir: Path, worker_processes: str = "auto") -> dict[str, str]:
+    """`upstreams`: each service's loopback instances (every service in the roster needs one)."""
+    missing = [s.name for s in services if not upstreams.get(s.name)]
+    if missing:
+        raise ValueError(f"no instance address for {missing}")
+    run_dir = run_dir.resolve()
+    return {
+        "worker_processes": f"worker_processes {worker_processes};",
+        "pid_file": str(run_dir / "nginx.pid"),
+        "error_log": str(run_dir / "error.log"),
+        "access_log": f"{run_dir / 'access.log'} json_lines",
+        "temp_dir": str(run_dir / "temp"),
+        "static_dir": str(static_dir.resolve()),
+        "resolver": "",
+        "listen": listen,
+        **_roster_values(services, upstreams, resolve=False),
+    }
+
+
+def render(values: dict[str, str], template: str) -> str:
+    placeholders = set(re.findall(r"\{\{ (\w+) \}\}", template))
+    if placeholders != set(values):
+        raise ValueError(f"template placeholders {sorted(placeholders)} != values {sorted(values)}")
+    return re.sub(r"\{\{ (\w+) \}\}", lambda m: values[m.group(1)], template)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["compose", "local"])
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (or its copy in a build)")
+    parser.add_argument("--listen", default="127.0.0.1:8080")
+    parser.add_argument("--run-dir", type=Path, default=Path(".run/nginx"))
+    parser.add_argument("--upstream", action="append", default=[], metavar="SERVICE=ADDRESS")
+    args = parser.parse_args(argv)
+    services = load(args.repo / "services")
+    if args.mode == "compose":
+        values = values_for_compose(services)
+    else:
+        upstreams: dict[str, list[str]] = {}
+        for item in args.upstream:
+            name, _, address = item.partition("=")
+            upstreams.setdefault(name, []).append(address)
+        values = values_for_local(services, args.listen, args.run_dir, upstreams, args.repo / STATIC)
+    sys.stdout.write(render(values, (args.repo / TEMPLATE).read_text()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The roster (services/*/service.toml): read strictly, and what is not generated from it agrees
+with it (compose.yaml, models.config)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+import service_roster
+from service_roster import nginx_conf
+from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, ROSTER
+
+ENTRY = """name = "echo-api"
+package = "echo_api"
+routes = ["/echo"]
+body_limit = "64k"
+models = ["echo"]
+index = ["POST /echo"]
+"""
+
+
+def write_entry(tmp_path, text: str, folder: str = "echo-api"):
+    (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / folder / "service.toml").write_text(text)
+    return tmp_path / folder / "service.toml"
+
+
+def test_an_entry_reads_with_its_limit_in_bytes(tmp_path):
+    service = service_roster.read_service(write_entry(tmp_path, ENTRY))
+    assert service.routes == ("/echo",) and service.upstream == "echo_api"
+    assert service.body_limit_bytes == 64 * 1024 and service.body_limit_text == "64 KB"
+
+
+@pytest.mark.parametrize(("change", "complaint"), [
+    (('body_limit = "64k"', 'body_limit = "64 KB"'), "body_limit"),
+    (('routes = ["/echo"]', 'routes = ["echo/"]'), "routes"),
+    (('index = ["POST /echo"]\n', ""), "fields"),
+])
+def test_a_mistyped_entry_stops_whoever_reads_it_naming_the_file(tmp_path, change, complaint):
+    path = write_entry(tmp_path, ENTRY.replace(*change))
+    with pytest.raises(ValueError, match=complaint) as caught:
+        service_roster.read_service(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_service_is_named_as_its_folder(tmp_path):
+    path = write_entry(tmp_path, ENTRY.replace('name = "echo-api"', 'name = "other"'))
+    with pytest.raises(ValueError, match="folder") as caught:
+        service_roster.load(tmp_path)
+    assert str(path) in str(caught.value)
+
+
+def test_two_services_cannot_claim_one_route(tmp_path):
+    write_entry(tmp_path, ENTRY)
+    write_entry(tmp_path, ENTRY.replace("echo-api", "echo2-api").replace("echo_api", "echo2_api"), "echo2-api")
+    with pytest.raises(ValueError, match="claimed twice"):
+        service_roster.load(tmp_path)
+
+
+def test_every_service_folder_with_a_dockerfile_is_in_the_roster_or_is_nginx():
+    folders = {path.parent.name for path in (REPO_ROOT / "services").glob("*/Dockerfile")}
+    assert folders - {"nginx"} == {service.name for service in ROSTER}
+
+
+def test_compose_has_each_service_with_the_model_the_roster_names():
+    services = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]
+    for service in ROSTER:
+        assert service.name in services, f"compose.yaml has no {service.name}"
+        assert services[service.name]["environment"].get("MODEL_NAME", service.models[0]) == service.models[0]
+
+
+def test_every_model_the_roster_names_is_in_models_config():
+    configured = set(re.findall(r'^\s*name:\s*"([^"]+)"', (MODEL_REPOSITORY / "models.config").read_text(), re.M))
+    assert {model for service in ROSTER for model in service.models} <= configured
+
+
+def test_nginx_lists_the_roster_routes_and_limits():
+    conf = nginx_conf.render(nginx_conf.values_for_compose(ROSTER), (REPO_ROOT / nginx_conf.TEMPLATE).read_text())
+    index = [entry for service in ROSTER for entry in service.index]
+    assert '"routes":' + json.dumps(index) in conf
+    for service in ROSTER:
+        assert f"upstream {service.upstream} {{" in conf and f"server {service.name}:8000 resolve;" in conf
+        for route in service.routes:
+            assert f"location = {route} {{\n            client_max_body_size {service.body_limit};" in conf
+        assert f"{service.body_limit_text} for {service.routes[0]}" in conf
