@@ -2,7 +2,7 @@
 service_kit's request ids, metrics and logs, JSON parsing) answering a constant instead of
 segmenting and asking the model. Benchmark use only.
 
-    gunicorn -c services/text-api/gunicorn.conf.py --chdir services/text-api 'bench.constant_app:create_app()'
+    cd services/text-api && gunicorn -c python:service_kit.gunicorn_base 'bench.constant_app:create_app()'
 """
 
 from __future__ import annotations

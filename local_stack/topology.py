@@ -26,6 +26,7 @@ from service_roster import nginx_conf
 REPO_ROOT = compose_file.REPO_ROOT
 PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
 STOP_TIMEOUT_SECONDS = 25.0
+GUNICORN_CONFIG = "python:service_kit.gunicorn_base"  # as services/api.Dockerfile's CMD
 # How long an API instance restarted to follow a moved model server may take to be ready.
 FOLLOW_TIMEOUT_SECONDS = 120.0
 EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -110,9 +111,8 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
                    "TFSERVING_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "API_BIND": f"127.0.0.1:{api_port}"}
             # Each instance sums its own workers' metrics; emptied by gunicorn at every (re)start.
             env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics" / f"{service}-{index}")
-            # The same gunicorn.conf.py the service's container runs.
-            gunicorn = [python, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"),
-                        "--chdir", str(service_dir)]
+            # The same gunicorn config the service's container runs; it reads ./service.toml.
+            gunicorn = [python, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--chdir", str(service_dir)]
             if service in options.app_overrides:  # the benchmark's constant-answer app
                 gunicorn.append(options.app_overrides[service])
             specs.append(ServiceSpec(

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
+from local_stack.topology import GUNICORN_CONFIG
 from tests.conftest import API_NAMES, REPO_ROOT
 
 
@@ -27,7 +28,8 @@ COMPOSE = interpolated(REPO_ROOT / "compose.yaml")
 GPU = interpolated(REPO_ROOT / "compose.gpu.yaml")
 SERVICES = COMPOSE["services"]
 APIS = API_NAMES
-DOCKERFILES = sorted((REPO_ROOT / "services").glob("*/Dockerfile")) + [REPO_ROOT / "tfserving/model_server/Dockerfile"]
+API_DOCKERFILE = REPO_ROOT / "services" / "api.Dockerfile"
+DOCKERFILES = [API_DOCKERFILE, REPO_ROOT / "services/nginx/Dockerfile", REPO_ROOT / "tfserving/model_server/Dockerfile"]
 MODEL_SERVER = interpolated(REPO_ROOT / "compose.model-server.yaml")["services"]["tfserving"]
 
 
@@ -111,9 +113,10 @@ def test_tf_serving_is_pinned_reads_the_repository_read_only_and_batches():
     assert f"tensorflow-cpu=={model_server_version}" in pinned, "export with the TF version the image runs"
 
 
-def test_api_services_build_from_their_own_dockerfiles_and_reach_tf_serving_by_name():
+def test_api_services_build_from_the_one_api_dockerfile_and_reach_tf_serving_by_name():
     for api in APIS:
-        assert SERVICES[api]["build"]["dockerfile"] == f"services/{api}/Dockerfile"
+        build = {"context": ".", "dockerfile": "services/api.Dockerfile", "args": {"SERVICE": api}}
+        assert SERVICES[api]["build"] == build
         assert SERVICES[api]["environment"]["TFSERVING_GRPC_ADDRESS"] == "tfserving:8500"
 
 
@@ -127,7 +130,7 @@ def test_gpu_override_swaps_the_image_and_reserves_a_gpu():
     assert tfserving["command"] == SERVICES["tfserving"]["command"], "same flags on GPU"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name + "/" + p.name)
 def test_base_images_are_build_arguments_defaulting_to_pinned_official_images(dockerfile):
     """So that users build on the official images and a test can point builds at stand-ins."""
     lines = dockerfile.read_text().splitlines()
@@ -139,7 +142,7 @@ def test_base_images_are_build_arguments_defaulting_to_pinned_official_images(do
         assert ":" in official and not official.endswith(":latest") and "stand-in" not in official, official
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name + "/" + p.name)
 def test_hadolint_is_clean(dockerfile):
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True, timeout=60)
@@ -148,8 +151,8 @@ def test_hadolint_is_clean(dockerfile):
 
 @pytest.mark.parametrize("api", APIS)
 def test_api_images_run_gunicorn_from_the_shared_config_as_non_root_without_tensorflow(api):
-    dockerfile = (REPO_ROOT / "services" / api / "Dockerfile").read_text()
-    assert 'CMD ["gunicorn", "-c", "gunicorn.conf.py"]' in dockerfile
+    dockerfile = API_DOCKERFILE.read_text()
+    assert f'CMD ["gunicorn", "-c", "{GUNICORN_CONFIG}"]' in dockerfile, "the config local mode runs"
     user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
     assert user and user[-1] not in ("root", "0")
     assert "HEALTHCHECK" in dockerfile

@@ -114,6 +114,7 @@ def test_access_lines_for_failures_and_slow_requests_unless_all_asked(settings, 
 
 def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     """gunicorn computes its access atoms whenever a log config is set, only to drop the line."""
+    import gunicorn.config
     from gunicorn.app.base import Application
 
     class Config(Application):
@@ -124,7 +125,11 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
             return None
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the config would make one otherwise
-    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", str(REPO_ROOT / "services/text-api/gunicorn.conf.py")])
+    # gunicorn starts in its working directory (captured when gunicorn was first imported), where the
+    # config reads the service's roster entry: the service's folder, as local mode starts it.
+    monkeypatch.setattr(gunicorn.config.Chdir, "default", str(REPO_ROOT / "services" / "text-api"))
+    monkeypatch.chdir(REPO_ROOT / "services" / "text-api")
+    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", "python:service_kit.gunicorn_base"])
     cfg = Config().cfg
     logger = cfg.logger_class(cfg)
     assert type(logger).__name__ == "NoAccessLineLogger"

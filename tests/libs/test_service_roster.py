@@ -60,9 +60,9 @@ def test_two_services_cannot_claim_one_route(tmp_path):
         service_roster.load(tmp_path)
 
 
-def test_every_service_folder_with_a_dockerfile_is_in_the_roster_or_is_nginx():
-    folders = {path.parent.name for path in (REPO_ROOT / "services").glob("*/Dockerfile")}
-    assert folders - {"nginx"} == {service.name for service in ROSTER}
+def test_every_service_folder_with_a_package_is_in_the_roster():
+    folders = {path.parent.parent.name for path in (REPO_ROOT / "services").glob("*/*/__init__.py")}
+    assert folders == {service.name for service in ROSTER}
 
 
 def test_compose_has_each_service_with_the_model_the_roster_names():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from local_stack.topology import GUNICORN_CONFIG
 from tests.conftest import (
     MODEL_REPOSITORY,
     REPO_ROOT,
@@ -82,18 +83,18 @@ class ApiInstance:
 
 def start_api(service: str, model_server: str, log_path: Path, workers: int = 1,
               env: dict[str, str] | None = None, cgroup: MemoryCgroup | None = None) -> ApiInstance:
-    """Start a service's gunicorn exactly as local mode does, with its own gunicorn.conf.py
+    """Start a service's gunicorn exactly as local mode does, in its folder with the shared config
     (inside `cgroup` when given: under a container's memory limit)."""
     port = free_port()
     service_dir = REPO_ROOT / "services" / service
-    command = [sys.executable, "-m", "gunicorn", "-c", str(service_dir / "gunicorn.conf.py"),
-               "--chdir", str(service_dir)]
+    command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--chdir", str(service_dir)]
     process = ManagedProcess(
         cgroup.command(command) if cgroup else command,
         log_path,
         env={"TFSERVING_GRPC_ADDRESS": model_server, "API_BIND": f"127.0.0.1:{port}",
              "WEB_CONCURRENCY": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "metrics"),
              **(env or {})},
+        cwd=service_dir,
     )
     instance = ApiInstance(f"http://127.0.0.1:{port}", process)
 

@@ -1,4 +1,4 @@
-"""The real services: gunicorn (gevent workers) with each service's own gunicorn.conf.py, talking
+"""The real services: gunicorn (gevent workers) with the shared config in each service's folder, talking
 gRPC to the real model server over loopback; every route and error over real sockets."""
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
+from service_kit.model_endpoint import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from tfserving_client import ModelServerError
 
 log = logging.getLogger("service_kit.errors")
@@ -36,6 +37,15 @@ _HTTP_CODES = {
 }
 
 
+# What model code says of an input, as HTTP: the one place that knows.
+_INPUT_STATUS = {InvalidInput: 400, InputTooLarge: 413, UnsupportedInput: 415, UnusableInput: 422}
+
+
+def from_input_error(error: InputError) -> ApiError:
+    status = next((status for kind, status in _INPUT_STATUS.items() if isinstance(error, kind)), 400)
+    return ApiError(status, error.code, error.message)
+
+
 def from_model_server(error: ModelServerError, retry_after_seconds: int) -> ApiError:
     """The model server's gRPC status as the HTTP answer a caller can act on."""
     retry = {"Retry-After": str(retry_after_seconds)}
@@ -60,6 +70,14 @@ def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
         return error_response(error)
+
+    @app.errorhandler(InputError)
+    def input_error(error: InputError):
+        return error_response(from_input_error(error))
+
+    @app.errorhandler(Busy)
+    def busy(error: Busy):
+        return error_response(ApiError(503, "busy", str(error), {"Retry-After": str(retry_after_seconds)}))
 
     @app.errorhandler(ModelServerError)
     def model_server_error(error: ModelServerError):

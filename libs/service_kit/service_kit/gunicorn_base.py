@@ -1,19 +1,34 @@
-"""gunicorn settings shared by every API service, in containers and in local mode alike.
+"""The gunicorn config of every API service, in containers and in local mode alike:
 
-A service's own `gunicorn.conf.py` star-imports this and sets `wsgi_app`. Each value can be
-changed per deployment with the environment variable named beside it.
+    gunicorn -c python:service_kit.gunicorn_base       (in the service's folder, or /app in its image)
+
+The service is the roster entry in the working directory (service.toml): its package gives the
+app, its preload runs here in the master. Each value can be changed per deployment with the
+environment variable named beside it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from gunicorn import glogging
 
 from service_kit.logs import LOGCONFIG
 from service_kit.settings import ServiceSettings
+from service_roster import ROSTER_FILE, read_service, run_preload
+
+SERVICE = read_service(Path(ROSTER_FILE).resolve())
+wsgi_app = f"{SERVICE.package}:create_app()"
+if SERVICE.preload:
+    # Once, in the master: every worker shares those pages after fork instead of building its own
+    # copy (jieba's dictionary is ~70 MB of Python objects); freezing keeps the garbage collector
+    # from writing to, and so un-sharing, them.
+    run_preload(SERVICE)
+    gc.freeze()
 
 bind = [os.environ.get("API_BIND", "0.0.0.0:8000")]
 # gevent: one worker holds many slow connections while it waits on the model server. The work

@@ -9,6 +9,7 @@ reads it too.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -25,6 +26,9 @@ class Service:
     body_limit: str  # largest request body, in nginx's notation ("512k", "20m")
     models: tuple[str, ...]  # in models.config; the service is ready when they are
     index: tuple[str, ...]  # what `GET /` lists for it, e.g. "POST /lstm"
+    # "module:function" run once in gunicorn's master before its workers fork (memory they then
+    # share) and once at image build (caches it writes are baked in); "" for none.
+    preload: str = ""
 
     @property
     def body_limit_bytes(self) -> int:
@@ -47,14 +51,22 @@ def read_service(path: Path) -> Service:
     """One roster file; a missing or mistyped field stops whoever reads it, naming the file."""
     data = tomllib.loads(path.read_text())
     fields = {f.name for f in dataclasses.fields(Service)}
-    if set(data) != fields:
-        raise ValueError(f"{path}: fields {sorted(data)}, expected {sorted(fields)}")
+    required = {f.name for f in dataclasses.fields(Service) if f.default is dataclasses.MISSING}
+    if not required <= set(data) <= fields:
+        raise ValueError(f"{path}: fields {sorted(data)}, expected {sorted(required)} and optionally "
+                         f"{sorted(fields - required)}")
     service = Service(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     if not _SIZE.match(service.body_limit):
         raise ValueError(f"{path}: body_limit {service.body_limit!r} is not like 512k or 20m")
     if not service.routes or not all(r.startswith("/") and not r.endswith("/") for r in service.routes):
         raise ValueError(f"{path}: routes must be paths like /lstm")
     return service
+
+
+def run_preload(service: Service) -> None:
+    if service.preload:
+        module, _, function = service.preload.partition(":")
+        getattr(importlib.import_module(module), function)()
 
 
 def load(services_dir: Path) -> list[Service]:
@@ -68,3 +80,9 @@ def load(services_dir: Path) -> list[Service]:
     if len(routes) != len(set(routes)):
         raise ValueError(f"a route is claimed twice: {sorted(routes)}")
     return services
+
+
+if __name__ == "__main__":  # the image build: `python -m service_roster service.toml` runs its preload
+    import sys
+
+    run_preload(read_service(Path(sys.argv[1])))

@@ -9,7 +9,7 @@ import struct
 import cv2
 import numpy as np
 
-from service_kit.errors import ApiError
+from service_kit.model_endpoint import InvalidInput, UnsupportedInput, UnusableInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
 
@@ -71,20 +71,20 @@ class ImageHeader:
 
 
 def read_header(data: bytes) -> ImageHeader:
-    """The image's format, size and pixel layout from its first bytes, or an ApiError."""
+    """The image's format, size and pixel layout from its first bytes, or an InputError."""
     if not data:
-        raise ApiError(422, "empty_image", "the image is empty (0 bytes)")
+        raise UnusableInput("empty_image", "the image is empty (0 bytes)")
     kind = image_format(data)
     if kind is None:
-        raise ApiError(415, "not_an_image", f"not a supported image; send one of {', '.join(ACCEPTED_FORMATS)}")
+        raise UnsupportedInput("not_an_image", f"not a supported image; send one of {', '.join(ACCEPTED_FORMATS)}")
     try:
         header = _HEADER_READERS[kind](data)
     except (struct.error, IndexError, ValueError, KeyError):
         header = None
     if header is None:
-        raise ApiError(400, "corrupt_image", f"the {kind} header is unreadable")
+        raise InvalidInput("corrupt_image", f"the {kind} header is unreadable")
     if header.width == 0 or header.height == 0:
-        raise ApiError(422, "empty_image", f"the image is {header.width}x{header.height} pixels")
+        raise UnusableInput("empty_image", f"the image is {header.width}x{header.height} pixels")
     return header
 
 
@@ -170,7 +170,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_image(data: bytes, header: ImageHeader, min_side: int = 0) -> np.ndarray:
-    """The image as OpenCV decodes it (BGR, BGRA or gray; 8 or 16 bit), or an ApiError.
+    """The image as OpenCV decodes it (BGR, BGRA or gray; 8 or 16 bit), or an InputError.
 
     A JPEG whose shorter side is at least 2, 4 or 8 times `min_side` is decoded directly at that
     fraction of its size (libjpeg scales while decoding): the model sees 320x320 anyway, and a
@@ -179,7 +179,7 @@ def decode_image(data: bytes, header: ImageHeader, min_side: int = 0) -> np.ndar
     flags = _JPEG_REDUCED.get(header.jpeg_reduction(min_side), cv2.IMREAD_UNCHANGED)
     image = _decode_once(data, flags)
     if image is None or image.size == 0:
-        raise ApiError(400, "corrupt_image", f"the {header.kind} image could not be decoded")
+        raise InvalidInput("corrupt_image", f"the {header.kind} image could not be decoded")
     return image
 
 

@@ -1,19 +1,17 @@
-"""Salient-object masks with the `cv_sod` model: decode, prepare, one Predict call, encode a PNG."""
+"""Salient-object masks with the `cv_sod` model: decode, prepare, predict, encode a PNG."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE, mask_to_image, model_input, to_rgb8
-from service_kit.batching import MicroBatcher
-from service_kit.errors import ApiError
 from service_kit.memory import ByteBudget
-from service_kit.metrics import MODEL_BATCH_SIZE
+from service_kit.model_endpoint import Busy, InputTooLarge, ModelEndpoint
 from tfserving_client import ModelServerClient
 from vision_api.image_decoding import ImageHeader, decode_image, read_header
 from vision_api.settings import VisionApiSettings
@@ -31,16 +29,15 @@ class SaliencyMask:
     model_version: int | None
 
 
-class SaliencyModel:
+class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
     """Masks within a memory budget: request bodies and decoded images each have a share of the
     worker's budget (settings.image_memory_budget_bytes), reserved before the memory is used; a
     request waits for its share (then 503), or is refused (413) when it could never have it."""
 
+    output_names = ("img_out",)
+
     def __init__(self, client: ModelServerClient, settings: VisionApiSettings):
-        self.client = client
-        self.settings = settings
-        self.batcher = MicroBatcher(self._predict, settings.model_max_batch_size, max_queued=settings.model_max_queued
-                                    ) if settings.model_batching else None
+        super().__init__(client, settings)
         budget = settings.image_memory_budget_bytes()
         # Two pools taken in one order (body, then image) and never the other way: no request
         # holding an image share waits for a body share, so no two requests wait for each other.
@@ -57,13 +54,13 @@ class SaliencyModel:
     def mask(self, image_bytes: bytes) -> SaliencyMask:
         header = read_header(image_bytes)
         if header.pixels > self.settings.max_image_pixels:
-            raise ApiError(413, "image_too_large", f"the image is {header.width}x{header.height} pixels; "
-                           f"the limit is {self.settings.max_image_pixels} pixels")
+            raise InputTooLarge("image_too_large", f"the image is {header.width}x{header.height} pixels; "
+                                f"the limit is {self.settings.max_image_pixels} pixels")
         needed = header.working_bytes(MODEL_SIZE) + len(image_bytes)  # decoding reads a copy of the bytes
         if needed > self.images.capacity:
-            raise ApiError(413, "image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
-                           f"process, more than the {_mb(self.images.capacity)} MB a worker has for images; "
-                           f"at most about {self.max_pixels(header)} pixels of this kind")
+            raise InputTooLarge("image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
+                                f"process, more than the {_mb(self.images.capacity)} MB a worker has for images; "
+                                f"at most about {self.max_pixels(header)} pixels of this kind")
         with self._reserved(self.images, needed):
             return self._mask(image_bytes, header)
 
@@ -78,15 +75,12 @@ class SaliencyModel:
             with budget.reserve(nbytes, timeout=self.settings.model_timeout_seconds):
                 yield
         except TimeoutError:
-            raise ApiError(503, "busy", "too many images in progress; retry shortly",
-                           {"Retry-After": str(self.settings.retry_after_seconds)}) from None
+            raise Busy("too many images in progress; retry shortly") from None
 
     def _mask(self, image_bytes: bytes, header: ImageHeader) -> SaliencyMask:
         example = self._example(image_bytes, header)  # the full-size image is gone when it returns
-        if self.batcher is None:
-            [(saliency, version)] = self._predict([example])
-        else:  # together with this worker's other requests of the moment
-            [(saliency, version)] = self.batcher.submit([example], timeout=self.settings.model_timeout_seconds + 1)
+        prediction = self.predict([example])
+        [saliency], version = prediction.results, prediction.model_version
         mask = mask_to_image(saliency, header.height, header.width)
         ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, self.settings.png_compression, *PNG_FILTER])
         del mask
@@ -99,16 +93,11 @@ class SaliencyModel:
         image = decode_image(image_bytes, header, min_side=MODEL_SIZE)
         return model_input(to_rgb8(image, MODEL_SIZE, in_place=True))
 
-    def _predict(self, examples: list[np.ndarray]) -> list[tuple[np.ndarray, int | None]]:
-        """One Predict call for a stack of prepared images."""
-        MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(examples))
-        result = self.client.predict(
-            self.settings.model_name, {"img_in": np.stack(examples)},
-            signature_name=self.settings.model_signature, version_label=self.settings.model_version_label or None,
-            output_filter=["img_out"],
-        )
-        return [(saliency, result.model_version) for saliency in result.outputs["img_out"]]
+    def to_inputs(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"img_in": np.stack(examples)}
 
+    def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[np.ndarray]:
+        return list(outputs["img_out"])
 
 def _mb(nbytes: int) -> int:
     return -(-nbytes // 2**20)

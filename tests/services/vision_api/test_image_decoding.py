@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_kit.errors import ApiError
+from service_kit.errors import from_input_error
+from service_kit.model_endpoint import InputError
 from tests.services.vision_api.conftest import encode, photo, pil_bytes, png_claiming
 from vision_api.image_decoding import ImageHeader, decode_image, image_format, read_header
 
@@ -90,17 +91,18 @@ def test_pixel_layouts_decode():
     (b"\xff\xd8\xff\xe0\x00\x10JFIF", 400, "corrupt_image"),
 ])
 def test_hostile_images_are_refused_with_the_right_status(data, status, code):
-    with pytest.raises(ApiError) as caught:
+    """Decoding raises what is wrong with the image; service_kit.errors makes it a status."""
+    with pytest.raises(InputError) as caught:
         decode(data)
-    assert (caught.value.status, caught.value.code) == (status, code)
+    assert (from_input_error(caught.value).status, caught.value.code) == (status, code)
 
 
 def test_truncated_jpeg_decodes_what_is_there_or_is_refused():
     data = encode(photo(200, 200), ".jpg")
     try:
         image = decode(data[: len(data) // 2])
-    except ApiError as error:
-        assert error.status == 400
+    except InputError as error:
+        assert from_input_error(error).status == 400
     else:
         assert image.shape == (200, 200, 3)
 

@@ -1,0 +1,36 @@
+# Every API service's image: gunicorn + gevent + Flask, no TensorFlow. SERVICE names the service
+# (its folder here, its entry in the roster). Build context is the repository root (compose.yaml),
+# because the shared libraries live in libs/:
+#   docker build -f services/api.Dockerfile --build-arg SERVICE=text-api .
+# The base image is a build argument so that a test can point it elsewhere; users build on the
+# official image.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
+ARG SERVICE
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Requirements first: this layer is rebuilt only when they change.
+COPY services/${SERVICE}/requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt
+
+# The project's shared libraries (their dependencies are pinned in requirements.txt above).
+COPY libs/ /tmp/libs/
+RUN pip install --no-cache-dir --no-deps /tmp/libs/tfserving_client /tmp/libs/service_kit \
+        /tmp/libs/model_preprocessing /tmp/libs/service_roster \
+    && rm -rf /tmp/libs
+
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY services/${SERVICE}/ ./
+USER 10001
+# The roster's preload once now, so caches it writes (jieba's dictionary) are in the image.
+RUN python -m service_roster service.toml
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+# The same config local mode uses; it finds the service in ./service.toml. API_BIND defaults to 0.0.0.0:8000.
+CMD ["gunicorn", "-c", "python:service_kit.gunicorn_base"]

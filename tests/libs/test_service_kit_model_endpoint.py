@@ -1,0 +1,59 @@
+"""The service shape: a subclass supplies to_inputs/from_outputs, the base the Predict call,
+batching and the metric; model code's input errors become HTTP statuses in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flask import Flask
+
+from service_kit.errors import register_error_handlers
+from service_kit.model_endpoint import (
+    Busy,
+    InputTooLarge,
+    InvalidInput,
+    ModelEndpoint,
+    UnsupportedInput,
+    UnusableInput,
+)
+from service_kit.settings import ServiceSettings
+from tests.services.conftest import FakeModelClient
+
+
+class Doubler(ModelEndpoint[float, float]):
+    output_names = ("y",)
+
+    def to_inputs(self, examples: list[float]) -> dict[str, np.ndarray]:
+        return {"x": np.array(examples, np.float32)}
+
+    def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> list[float]:
+        return [float(v) for v in outputs["y"]]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_the_base_makes_the_predict_call_with_the_services_settings(batching):
+    client = FakeModelClient(lambda inputs: {"y": inputs["x"] * 2})
+    settings = ServiceSettings(model_name="doubler", model_signature="sig", model_version_label="stable",
+                               model_batching=batching)
+    prediction = Doubler(client, settings).predict([1.0, 2.5])
+    assert prediction.results == [2.0, 5.0] and prediction.model_version == 1
+    [call] = client.calls
+    assert call["model"] == "doubler" and call["signature_name"] == "sig" and call["version_label"] == "stable"
+    assert call["output_filter"] == ["y"]
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (InvalidInput("corrupt", "m"), 400), (InputTooLarge("too_long", "m"), 413),
+    (UnsupportedInput("not_an_image", "m"), 415), (UnusableInput("empty", "m"), 422), (Busy("m"), 503),
+])
+def test_model_code_errors_become_statuses_in_one_place(error, status):
+    app = Flask(__name__)
+    register_error_handlers(app, retry_after_seconds=2)
+
+    @app.get("/")
+    def fail():
+        raise error
+
+    reply = app.test_client().get("/")
+    assert reply.status_code == status and reply.json["error"]["message"] == "m"
+    assert (reply.headers.get("Retry-After") == "2") == (status == 503)
