@@ -58,7 +58,7 @@ def start_server(batching: bool, log_dir: Path) -> tuple[subprocess.Popen, str]:
             "--file_system_poll_wait_seconds=0", "--listen_address=127.0.0.1"]
     if batching:
         args += ["--enable_batching", f"--batching_parameters_file={MODELS / 'batching.config'}"]
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tfserving'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(log_dir / f"model_server_batching_{batching}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"

@@ -139,9 +139,6 @@ def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env:
     shutil.rmtree(run_dir, ignore_errors=True)
     replicas = compose_file.load().replicas  # every API service of the roster, compose's counts
     overrides = {service: dict(env or {}) for service in replicas}
-    if text_app:
-        overrides["text-api"]["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                                            os.environ.get("PYTHONPATH")]))
     options = topology.Options(run_dir=run_dir, http_port=http_port,
                                scale={**replicas,
                                       **({"text-api": text_instances} if text_instances else {})},
@@ -157,7 +154,7 @@ def documents_server(run_dir: Path, port: int, grpc_address: str) -> SupervisedP
     spec = ServiceSpec(
         name="documents-baseline",
         args=[sys.executable, "-m", "bench.documents_baseline", "--port", str(port), "--model-server", grpc_address],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}, cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, cwd=REPO_ROOT,
         log_path=run_dir / "logs" / "documents-baseline.log",
         ready=http_ok(f"http://127.0.0.1:{port}/lstm/predict?line=5aW9"), address=f"http://127.0.0.1:{port}",
     )
@@ -167,7 +164,7 @@ def documents_server(run_dir: Path, port: int, grpc_address: str) -> SupervisedP
 def model_ceiling(model: str, seconds: float) -> dict:
     result = subprocess.run([sys.executable, "-m", "bench.model_ceiling", model, "--seconds", str(seconds)],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     answer = json.loads(result.stdout.strip().splitlines()[-1])

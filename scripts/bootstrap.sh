@@ -9,32 +9,41 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 stamp="$VENV/.requirements.sha256"
-want=$(cat requirements/*.txt services/*/requirements.txt libs/*/pyproject.toml client/pyproject.toml \
+# The repository's own projects: libraries, client, services, model server, and the tools at the root.
+projects=$(dirname libs/*/pyproject.toml client/pyproject.toml services/*/pyproject.toml tfserving/pyproject.toml \
+  pyproject.toml)
+# shellcheck disable=SC2086 # one word per project
+want=$( (cat requirements/*.txt services/*requirements.txt services/*/requirements.txt; for p in $projects; do cat "$p/pyproject.toml"; done) \
   | sha256sum | cut -d' ' -f1)
 
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python packages into $VENV (first run: about 2 minutes)"
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -r requirements/dev.txt
+  # Every service's runtime packages with the tools: one resolution, so their pins must agree.
+  service_requirements=()
+  for file in services/*/requirements.txt; do service_requirements+=(-r "$file"); done
+  "$VENV/bin/pip" install --quiet -r requirements/dev.txt "${service_requirements[@]}"
   "$VENV/bin/pip" install --quiet --no-deps -r requirements/model-server-no-deps.txt
-  # The project's own libraries, editable so that the tree is what runs.
-  for lib in libs/*/ client/; do "$VENV/bin/pip" install --quiet --no-deps -e "$lib"; done
+  # The repository's own projects, editable so that the tree is what runs (no PYTHONPATH anywhere).
+  # shellcheck disable=SC2086
+  for project in $projects; do "$VENV/bin/pip" install --quiet --no-deps -e "$project"; done
   echo "$want" > "$stamp"
 fi
 
-# Debian packages compose v2 (the Go plugin, `docker compose`) from trixie on; its binary needs only
-# libc >= 2.34, so it installs on bookworm too. The suite is added from this machine's own mirror,
-# pinned low so that nothing else is taken from it.
-COMPOSE_V2_SUITE=trixie
-add_compose_v2_suite() {
+# Debian packages compose v2 (the Go plugin, `docker compose`) and a kubectl with kustomize v5 from
+# trixie on; their binaries need only libc >= 2.34, so they install on bookworm too. The suite is
+# added from this machine's own mirror, pinned low so that nothing else is taken from it (the file
+# keeps its first name, compose-v2.sources, so machines that have it do not get it twice).
+NEWER_SUITE=trixie
+add_newer_suite() {
   local mirror
   mirror=$(. /etc/os-release && apt-get indextargets --format '$(REPO_URI)' "Codename: $VERSION_CODENAME" \
     "Target-Of: deb" | head -n 1)
   [ -n "$mirror" ] || { echo "bootstrap: no Debian mirror in this machine's apt sources" >&2; return 1; }
-  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$mirror" "$COMPOSE_V2_SUITE" \
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$mirror" "$NEWER_SUITE" \
     /usr/share/keyrings/debian-archive-keyring.gpg > /etc/apt/sources.list.d/compose-v2.sources
-  printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "$COMPOSE_V2_SUITE" \
+  printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "$NEWER_SUITE" \
     > /etc/apt/preferences.d/compose-v2
   apt-get update -qq >/dev/null
 }
@@ -54,6 +63,8 @@ if [ "${1:-}" = --for-tests ]; then
   command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+  # `kubectl kustomize` (kustomize v5) builds k8s/ in its tests: Debian's kubernetes-client, trixie on.
+  kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' || missing+=(kubernetes-client)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -61,10 +72,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     apt-get update -qq >/dev/null
-    if [[ " ${missing[*]} " == *" docker-compose "* ]] && ! apt-cache policy docker-compose | grep -q 'Candidate: 2\.'; then
-      add_compose_v2_suite
-      missing=("${missing[@]/#docker-compose/docker-compose/$COMPOSE_V2_SUITE}")
-    fi
+    # Packages whose bookworm version is too old come from the newer suite (pinned low: only these).
+    for wanted in "docker-compose:2." "kubernetes-client:1.3"; do
+      package=${wanted%%:*}
+      if [[ " ${missing[*]} " == *" $package "* ]] && ! apt-cache policy "$package" | grep -q "Candidate: ${wanted#*:}"; then
+        [ -f /etc/apt/sources.list.d/compose-v2.sources ] || add_newer_suite
+        missing=("${missing[@]/#$package/$package/$NEWER_SUITE}")
+      fi
+    done
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "bootstrap: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2

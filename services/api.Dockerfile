@@ -13,9 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Requirements first: this layer is rebuilt only when they change.
-COPY services/${SERVICE}/requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt
+# Requirements first: this layer is rebuilt only when they change. The service's own file starts
+# with `-r ../api-requirements.txt`, so both keep their places.
+COPY services/api-requirements.txt /tmp/services/
+COPY services/${SERVICE}/requirements.txt /tmp/services/${SERVICE}/
+RUN pip install --no-cache-dir -r /tmp/services/${SERVICE}/requirements.txt && rm -rf /tmp/services
 
 # The project's shared libraries (their dependencies are pinned in requirements.txt above).
 COPY libs/ /tmp/libs/

@@ -56,8 +56,7 @@ class ManagedProcess:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        full_env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tfserving'}",
-                    "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
                                         cwd=cwd, start_new_session=True)
 

@@ -40,9 +40,9 @@ def check_text_routes(url: str) -> None:
     assert encoded == "5oiR5b6I5Zac5qyi5Lit5Zu96ZO26KGM55qE5Lqn5ZOB"
     assert requests.get(f"{url}/lstm?line={encoded}", timeout=10).json()["label"] in ("POS", "NEG")
     # The documents' clients, verbatim in shape: GET with base64, POST json.dumps without Content-Type.
-    documents_get = requests.get(f"{url}/lstm/predict?line={encoded}", timeout=10).json()
-    documents_post = requests.post(f"{url}/lstm/predict", data=json.dumps({"line": SENTENCE}), timeout=10).json()
-    assert documents_get["status"] == 0 and documents_get == documents_post
+    legacy_get = requests.get(f"{url}/lstm/predict?line={encoded}", timeout=10).json()
+    legacy_post = requests.post(f"{url}/lstm/predict", data=json.dumps({"line": SENTENCE}), timeout=10).json()
+    assert legacy_get["status"] == 0 and legacy_get == legacy_post
 
 
 def check_image_routes(url: str) -> None:
@@ -56,9 +56,9 @@ def check_image_routes(url: str) -> None:
     assert documents.status_code == 200 and documents.json()["status"] == 0
     assert base64.b64decode(documents.json()["mask_png"]) == raw.content
     small = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))[1].tobytes()
-    documents_get = requests.get(f"{url}/cv_sod/predict?img={base64.urlsafe_b64encode(small).decode()}",
+    legacy_get = requests.get(f"{url}/cv_sod/predict?img={base64.urlsafe_b64encode(small).decode()}",
                                  timeout=30)
-    assert documents_get.status_code == 200 and documents_get.json()["width"] == 8
+    assert legacy_get.status_code == 200 and legacy_get.json()["width"] == 8
     as_json = requests.post(f"{url}/cv_sod?format=json", json={"img": base64.b64encode(image).decode()},
                             timeout=30)
     assert as_json.status_code == 200 and as_json.json()["height"] == height

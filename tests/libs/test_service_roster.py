@@ -86,3 +86,14 @@ def test_nginx_lists_the_roster_routes_and_limits():
         for route in service.routes:
             assert f"location = {route} {{\n            client_max_body_size {service.body_limit};" in conf
         assert f"{service.body_limit_text} for {service.routes[0]}" in conf
+
+
+def test_the_services_readme_maps_each_services_names_as_the_roster_does():
+    readme = (REPO_ROOT / "services" / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \| `(\w+)` \| `(\w+)` \(`(\w+\.py)`\) \| (.+?) \| (.+?) \|$", readme, re.M)
+    assert len(rows) == len(ROSTER)
+    for (name, package, model_class, module, routes, models), service in zip(rows, ROSTER):
+        assert (name, package) == (service.name, service.package)
+        assert re.findall(r"`([^`]+)`", routes) == list(service.routes)
+        assert re.findall(r"`([^`]+)`", models) == list(service.models)
+        assert f"class {model_class}(" in (REPO_ROOT / "services" / name / package / module).read_text()

@@ -7,7 +7,6 @@ import filecmp
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +14,13 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.libs.wire_peer import REQUEST_INPUTS, RESPONSE_OUTPUTS, as_json
 
-PEER = Path(__file__).with_name("wire_peer.py")
 CLIENT_LIB = REPO_ROOT / "libs" / "tfserving_client"
 
 
 def run_peer(role: str, given: dict | None = None) -> dict:
-    result = subprocess.run([sys.executable, str(PEER), role], input=json.dumps(given or {}),
+    result = subprocess.run([sys.executable, "-m", "tests.libs.wire_peer", role], input=json.dumps(given or {}),
                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-                            env={"PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+                            env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

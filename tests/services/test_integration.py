@@ -46,10 +46,10 @@ def test_text_routes_answer_with_the_model(text_api):
     assert many["results"][0]["probabilities"] == pytest.approx(one.json()["probabilities"], abs=1e-5)
     got = requests.get(f"{url}/lstm", params={"line": b64(negative.encode())}, timeout=10).json()
     assert got["label"] == "NEG"
-    documents_get = requests.get(f"{url}/lstm/predict?line={b64(positive.encode())}", timeout=10).json()
-    documents_post = requests.post(f"{url}/lstm/predict", data=json.dumps({"line": negative}), timeout=10).json()
-    assert documents_get["status"] == 0 and documents_get["labels"] == "POS" and documents_get["classes_id"] == 1
-    assert documents_post["labels"] == "NEG" and len(documents_post["softmax"]) == 2
+    legacy_get = requests.get(f"{url}/lstm/predict?line={b64(positive.encode())}", timeout=10).json()
+    legacy_post = requests.post(f"{url}/lstm/predict", data=json.dumps({"line": negative}), timeout=10).json()
+    assert legacy_get["status"] == 0 and legacy_get["labels"] == "POS" and legacy_get["classes_id"] == 1
+    assert legacy_post["labels"] == "NEG" and len(legacy_post["softmax"]) == 2
 
 
 def test_text_errors_over_sockets_leave_workers_alive(text_api):

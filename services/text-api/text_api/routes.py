@@ -61,8 +61,9 @@ def classify_query():
 
 
 @blueprint.route("/lstm/predict", methods=["GET", "POST"])
-def documents_predict():
-    """The source documents' route and reply shape, for clients written against them.
+def legacy_predict():
+    """The legacy `/predict` form existing clients call (the source documents' API): its route and
+    reply shape.
 
     Their clients POST `json.dumps({"line": ...})` without a Content-Type, so the body is read
     as JSON whatever the header says.

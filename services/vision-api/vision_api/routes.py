@@ -78,8 +78,9 @@ def saliency():
 
 
 @blueprint.route("/cv_sod/predict", methods=["GET", "POST"])
-def documents_predict():
-    """The source documents' route: JSON with `status: 0`. Their reply pickled a numpy array,
+def legacy_predict():
+    """The legacy `/predict` form existing clients call (the source documents' API): JSON with
+    `status: 0`. Their reply pickled a numpy array,
     which lets a server run code in its client; here the mask is a PNG in `mask_png`."""
     mask = _mask_of_request()
     return jsonify(status=0, **_json_fields(mask))

@@ -58,7 +58,7 @@ def test_get_with_urlsafe_base64(client):
     assert reply.status_code == 200 and reply.json["label"] in ("POS", "NEG")
 
 
-def test_documents_routes_keep_their_reply_shape(client):
+def test_the_legacy_routes_keep_their_reply_shape(client):
     for reply in (client.get(f"/lstm/predict?line={b64('喜欢')}"),
                   client.post("/lstm/predict", data='{"line": "喜欢"}'),  # their client sends no Content-Type
                   client.post("/lstm/predict", json={"line": "喜欢"})):

@@ -64,7 +64,7 @@ def test_json_reply_when_asked(client):
         check_mask(read_png(base64.b64decode(reply.json["mask_png"])))
 
 
-def test_documents_route_answers_json_with_status(client):
+def test_the_legacy_route_answers_json_with_status(client):
     reply = client.post("/cv_sod/predict", data={"img": (io.BytesIO(IMAGE), "x.png")})
     assert reply.status_code == 200 and reply.json["status"] == 0
     check_mask(read_png(base64.b64decode(reply.json["mask_png"])))
