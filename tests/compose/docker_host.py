@@ -82,8 +82,8 @@ def docker_engine(log_dir: Path) -> Iterator[None]:
             engine.wait()
 
 
-def _build_args_declared(build: dict) -> set[str]:
-    dockerfile = REPO_ROOT / build["context"] / build.get("dockerfile", "Dockerfile")
+def _build_args_declared(build: dict, repo: Path) -> set[str]:
+    dockerfile = repo / build["context"] / build.get("dockerfile", "Dockerfile")
     return set(re.findall(r"^ARG (\w+)", dockerfile.read_text(), re.MULTILINE))
 
 
@@ -95,13 +95,15 @@ def _image_id(image: str) -> str:
 class ComposeProject:
     """One compose project of this repository's stack, named and ported apart from any other."""
 
-    def __init__(self, work_dir: Path, http_port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(self, work_dir: Path, http_port: int | None = None, env: dict[str, str] | None = None,
+                 repo: Path = REPO_ROOT):
         self.name = f"{PROJECT_PREFIX}-{uuid.uuid4().hex[:8]}"
         self.env = env or {}  # compose variables, e.g. MODEL_REPOSITORY
         self.work_dir = work_dir
         self.http_port = http_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.files = [COMPOSE_FILE]
+        self.repo = repo  # this repository, or a copy of it with changes (tests/own_model.py)
+        self.files = [repo / COMPOSE_FILE.name]
         self.substitutions: dict[str, str] = {}  # official image -> what the project uses instead
         self.timings: dict[str, float] = {}  # step -> seconds, filled by compose_stack
 
@@ -109,9 +111,9 @@ class ComposeProject:
         """Choose the images: the official ones where they can be pulled, else ours and stand-ins."""
         chosen = stand_in_images.ensure(log or sys.stderr)
         self.substitutions = {official: image for official, image in chosen.items() if image != official}
-        tfserving_image = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["tfserving"]["image"]
+        tfserving_image = yaml.safe_load(self.files[0].read_text())["services"]["tfserving"]["image"]
         if not stand_in_images.can_pull(tfserving_image):
-            self.files.append(MODEL_SERVER_OVERRIDE)
+            self.files.append(self.repo / MODEL_SERVER_OVERRIDE.name)
             self.substitutions[tfserving_image] = "compose.model-server.yaml"
         self.files.append(self._write_test_override(chosen))
 
@@ -124,10 +126,11 @@ class ComposeProject:
             for name, service in (yaml.safe_load(path.read_text()).get("services") or {}).items():
                 image = service.get("image")
                 if "build" in service:
-                    declared = _build_args_declared(service["build"])
+                    declared = _build_args_declared(service["build"], self.repo)
                     wanted = {arg: value for arg, value in args.items() if arg in declared}
                     services[name] = {"build": {"args": wanted}} if wanted else {}
-                    services[name]["image"] = image if path == MODEL_SERVER_OVERRIDE else f"{PROJECT_PREFIX}/{name}"
+                    ours = path.name == MODEL_SERVER_OVERRIDE.name
+                    services[name]["image"] = image if ours else f"{PROJECT_PREFIX}/{name}"
                 elif image in chosen and chosen[image] != image:  # a stand-in for a pulled image
                     services[name] = {"image": chosen[image]}
         path = self.work_dir / "compose.test.yaml"
@@ -165,7 +168,7 @@ class ComposeProject:
         return ["docker", "compose", "-p", self.name, *[a for f in self.files for a in ("-f", str(f))], *args]
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.command(*args), cwd=REPO_ROOT, env=self.environment(), capture_output=True,
+        result = subprocess.run(self.command(*args), cwd=self.repo, env=self.environment(), capture_output=True,
                                 text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"docker compose {' '.join(args)} failed ({result.returncode}):\n"
@@ -209,9 +212,9 @@ class ComposeProject:
 
 
 @contextlib.contextmanager
-def compose_stack(work_dir: Path, *up_args: str, log=None) -> Iterator[ComposeProject]:
+def compose_stack(work_dir: Path, *up_args: str, log=None, repo: Path = REPO_ROOT) -> Iterator[ComposeProject]:
     """The stack built and up (`docker compose up --wait`), always taken down afterwards."""
-    project = ComposeProject(work_dir)
+    project = ComposeProject(work_dir, repo=repo)
     started = time.monotonic()
     project.prepare(log)
     try:

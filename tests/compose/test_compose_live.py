@@ -28,9 +28,17 @@ import yaml
 
 from local_stack import compose_file
 from tests import end_to_end
-from tests.compose.docker_host import COMPOSE_FILE, GPU_OVERRIDE, MODEL_SERVER_OVERRIDE, REPO_ROOT, ComposeProject
+from tests.compose.docker_host import (
+    COMPOSE_FILE,
+    GPU_OVERRIDE,
+    MODEL_SERVER_OVERRIDE,
+    REPO_ROOT,
+    ComposeProject,
+    compose_stack,
+)
 from tests.conftest import api_ready, wait_until
 from tests.faults.load import HttpLoad, check_model_server_outage, lstm_answers, models_available, record_fault
+from tests.own_model import NAME, ROUTE, add_third_service, copy_of_the_repository
 from tests.services.vision_api.largest_images import largest_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -272,3 +280,20 @@ def test_a_model_that_fails_to_load_leaves_the_other_serving(docker_host, tmp_pa
         assert project.leftovers() == {"containers": [], "networks": [], "volumes": []}
     finally:
         shutil.rmtree(repository, ignore_errors=True)
+
+
+def test_a_third_service_added_as_the_readme_says_runs_under_compose(docker_host):
+    """The README's "Your own model" in a copy of the repository, for real: compose builds the new
+    service from the one API Dockerfile, its model loads, nginx routes its route to it."""
+    work = Path(tempfile.mkdtemp(prefix="own-model-"))  # readable by the containers' users
+    try:
+        repo = copy_of_the_repository(work / "repo")
+        add_third_service(repo)
+        subprocess.run(["chmod", "-R", "a+rX", str(work)], check=True)
+        with compose_stack(work, "--scale", "text-api=1", "--scale", "vision-api=1", repo=repo) as project:
+            answer = requests.post(f"{project.url}{ROUTE}", json={"x": [1, 2.5]}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["y"] == [2.0, 5.0]
+            assert len(project.containers(NAME)) == 2, "deploy.replicas from x-api-service"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -80,9 +80,3 @@ def load(services_dir: Path) -> list[Service]:
     if len(routes) != len(set(routes)):
         raise ValueError(f"a route is claimed twice: {sorted(routes)}")
     return services
-
-
-if __name__ == "__main__":  # the image build: `python -m service_roster service.toml` runs its preload
-    import sys
-
-    run_preload(read_service(Path(sys.argv[1])))
