@@ -1,0 +1,102 @@
+"""Two checkouts of this repository side by side in one run: the tuned /lstm and /cv_sod cells of
+each, alternated (A B A B ...) so that drift in the machine's speed falls on both alike. For a
+change that must not cost throughput (a refactor): before and after, same run.
+
+    .venv/bin/python -m bench.compare BEFORE_CHECKOUT AFTER_CHECKOUT [--rounds 2] [--out FILE.md]
+
+Each checkout runs its own local stack (`python -m local_stack up` with its own .venv: run its
+scripts/bootstrap.sh first) on a free port, exactly as `./stack up` starts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.run import IMAGES_DIR, Cell, run_wrk, say
+from local_stack.topology import free_port
+
+# The tuned cells of bench.run's matrix that carry the claim: (route, wrk script, connections).
+CELLS = (("/lstm", "lstm_post.lua", 100), ("/lstm", "lstm_post.lua", 1000), ("/cv_sod", "image_post.lua", 32))
+
+
+@contextlib.contextmanager
+def checkout_stack(checkout: Path, work: Path) -> Iterator[str]:
+    port = free_port()
+    run_dir = work / f"run-{port}"
+    log = work / f"stack-{port}.log"
+    python = str(checkout / ".venv" / "bin" / "python")
+    with open(log, "wb") as output:
+        process = subprocess.Popen([python, "-m", "local_stack", "--run-dir", str(run_dir), "up", "--http-port",
+                                    str(port)], cwd=checkout, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "ready in" not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{checkout}: the stack did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([python, "-m", "local_stack", "--run-dir", str(run_dir), "down"], cwd=checkout,
+                       capture_output=True, timeout=120)
+        process.wait(60)
+
+
+def measure(checkout: Path, label: str, seconds: int, work: Path) -> list[Cell]:
+    images = {"IMAGES": ",".join(str(p) for p in sorted(IMAGES_DIR.iterdir()))}
+    cells = []
+    with checkout_stack(checkout, work) as url:
+        for route, script, connections in CELLS:
+            cells.append(run_wrk(Cell(label, route, connections, seconds), url + route, script, [], images))
+    return cells
+
+
+def report(cells: list[Cell], before: Path, after: Path, command: str) -> str:
+    lines = ["# Before and after, side by side", "", f"Command: `{command}`. Before: `{before}`, after: `{after}`; "
+             "rounds alternate the two checkouts; each cell is the median of its rounds.", "",
+             "| route | connections | before req/s | after req/s | after / before | before p99 ms | after p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for route, _, connections in CELLS:
+        picked = {label: [c for c in cells if (c.variant, c.route, c.connections) == (label, route, connections)]
+                  for label in ("before", "after")}
+        rps = {label: statistics.median(c.rps for c in found) for label, found in picked.items()}
+        p99 = {label: statistics.median(c.p99_ms for c in found) for label, found in picked.items()}
+        failed = sum(c.failed for found in picked.values() for c in found)
+        lines.append(f"| `{route}` | {connections} | {rps['before']:.1f} | {rps['after']:.1f} | "
+                     f"{rps['after'] / rps['before']:.2f}x | {p99['before']:.0f} | {p99['after']:.0f} |"
+                     + (f" {failed} failed" if failed else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None, help="write the table here as well")
+    args = parser.parse_args(argv)
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as work:
+        for round_number in range(args.rounds):
+            for label, checkout in (("before", args.before), ("after", args.after)):
+                say(f"round {round_number + 1}: {label} ({checkout})")
+                cells += measure(checkout.resolve(), label, args.seconds, Path(work))
+    command = " ".join([".venv/bin/python -m bench.compare", *(argv if argv is not None else sys.argv[1:])])
+    table = report(cells, args.before, args.after, command)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
