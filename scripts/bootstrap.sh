@@ -63,8 +63,6 @@ if [ "${1:-}" = --for-tests ]; then
   command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
-  # `kubectl kustomize` (kustomize v5) builds k8s/ in its tests: Debian's kubernetes-client, trixie on.
-  kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' || missing+=(kubernetes-client)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -73,16 +71,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     apt-get update -qq >/dev/null
     # Packages whose bookworm version is too old come from the newer suite (pinned low: only these).
-    for wanted in "docker-compose:2." "kubernetes-client:1.3"; do
-      package=${wanted%%:*}
-      if [[ " ${missing[*]} " == *" $package "* ]] && ! apt-cache policy "$package" | grep -q "Candidate: ${wanted#*:}"; then
-        [ -f /etc/apt/sources.list.d/compose-v2.sources ] || add_newer_suite
-        missing=("${missing[@]/#$package/$package/$NEWER_SUITE}")
-      fi
-    done
+    if [[ " ${missing[*]} " == *" docker-compose "* ]] && ! apt-cache policy docker-compose | grep -q 'Candidate: 2\.'; then
+      [ -f /etc/apt/sources.list.d/compose-v2.sources ] || add_newer_suite
+      missing=("${missing[@]/#docker-compose/docker-compose/$NEWER_SUITE}")
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "bootstrap: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
     [[ " ${missing[*]} " == *" nginx "* ]] && exit 1  # the stack needs nginx; the rest is for bench and tests
   fi
+fi
+
+# `kubectl kustomize` with kustomize v5 builds k8s/ in its tests: Debian's kubectl, from trixie (bookworm's
+# kubernetes-client 1.20 has kustomize v2). On its own, and not fatal: a kubectl from elsewhere may be in the way.
+if [ "${1:-}" = --for-tests ] && ! kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing kubectl (Debian $NEWER_SUITE)"
+  if [ -f /etc/apt/sources.list.d/compose-v2.sources ]; then apt-get update -qq >/dev/null; else add_newer_suite; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "kubectl/$NEWER_SUITE" \
+    >/dev/null || echo "bootstrap: kubectl did not install (another one in the way?); tests/k8s need kustomize v5" >&2
 fi

@@ -21,11 +21,11 @@ K8S = REPO_ROOT / "k8s"
 
 
 def kustomize(directory: Path) -> list[dict]:
-    """`kubectl kustomize DIR`: Debian's kubernetes-client (trixie on, kustomize v5), which
+    """`kubectl kustomize DIR`: Debian's kubectl (trixie on, kustomize v5), which
     scripts/bootstrap.sh --for-tests installs; without it these tests skip, except under CI."""
     if shutil.which("kubectl") is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("kubectl is missing (scripts/bootstrap.sh --for-tests installs kubernetes-client)")
+            pytest.fail("kubectl is missing (scripts/bootstrap.sh --for-tests installs it)")
         pytest.skip("K8S MANIFEST TESTS SKIPPED: no kubectl", allow_module_level=True)
     built = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
