@@ -40,9 +40,10 @@ class Minute:
     p99_ms: float
     failed: int
     rss_mb: dict[str, float]
-    open_files: int
+    open_files: int  # every descriptor: sockets come and go with the load and nginx's keep-alive pools
     scrape_ms: float  # /metrics of the slowest API instance (best of three tries each)
     metric_files: int
+    regular_files: int = 0  # descriptors of files (not sockets or pipes): what a leak per recycle would grow
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -53,14 +54,15 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def sample(processes, run_dir: Path) -> tuple[dict[str, float], int, float, int]:
-    rss, files = {}, 0
+def sample(processes, run_dir: Path) -> tuple[dict[str, float], int, int, float, int]:
+    rss, files, regular = {}, 0, 0
     for process in processes:
         rss[process.spec.name] = 0.0
         for member in tree(process.pid):
             try:
                 rss[process.spec.name] += member.memory_info().rss / 2**20
                 files += member.num_fds()
+                regular += len(member.open_files())
             except psutil.Error:  # exited between the listing and the reading
                 continue
     scrapes = []
@@ -73,7 +75,7 @@ def sample(processes, run_dir: Path) -> tuple[dict[str, float], int, float, int]
                 tries.append(1000 * (time.perf_counter() - started))
             scrapes.append(min(tries))
     metric_files = len(list((run_dir / "metrics").glob("*/*.db")))
-    return rss, files, max(scrapes), metric_files
+    return rss, files, regular, max(scrapes), metric_files
 
 
 def paced_minute(url: str, delay_ms: float, seconds: float) -> Cell:
@@ -100,9 +102,9 @@ def soak(minutes: int, share: float, max_requests: int, minute_seconds: float) -
             cell = paced_minute(url, delay_ms, minute_seconds)
             if minute == 1 and cell.rps:  # one correction toward the target rate
                 delay_ms = max(0.0, (delay_ms + 5) * cell.rps / target - 5)
-            rss, files, scrape_ms, metric_files = sample(processes, work / "stack")
+            rss, files, regular, scrape_ms, metric_files = sample(processes, work / "stack")
             rows.append(Minute(minute, cell.rps, cell.p50_ms, cell.p99_ms, cell.failed, rss, files, scrape_ms,
-                               metric_files))
+                               metric_files, regular))
             say(f"minute {minute}: {cell.rps:.0f} req/s, p50 {cell.p50_ms:.1f} p99 {cell.p99_ms:.1f} ms, "
                 f"failed {cell.failed}, RSS {sum(rss.values()):.0f} MB, {files} fds, /metrics {scrape_ms:.1f} ms, "
                 f"{metric_files} metric files")

@@ -26,5 +26,7 @@ def test_a_short_soak_with_recycling_loses_nothing_and_piles_nothing_up(tmp_path
     # (about 30 recycles each would have left 60 files apiece before).
     assert last["metric_files"] <= 4 * 5, minutes
     assert last["scrape_ms"] < 3 * first["scrape_ms"] + 20, minutes
-    assert last["open_files"] < first["open_files"] + 100, minutes
+    # Files, not sockets: sockets follow the load and nginx's keep-alive pools, which are still filling
+    # after the first half-minute (131 -> 237 descriptors in one CI run with nothing leaking).
+    assert last["regular_files"] <= first["regular_files"] + 20, minutes
     assert "| minute | req/s |" in (tmp_path / "soak.md").read_text()
