@@ -123,23 +123,28 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
                 ready=model_settled(f"http://127.0.0.1:{api_port}/readyz"), address=f"http://127.0.0.1:{api_port}",
                 readiness_url=f"http://127.0.0.1:{api_port}/readyz", ports={f"{service}-{index}": api_port},
             ))
-    nginx_dir = run_dir / "nginx"
+    conf_file = nginx_conf_file(run_dir)
+    nginx_dir = conf_file.parent
     nginx_dir.mkdir(parents=True, exist_ok=True)
     # nginx's workers (user nobody when started as root) may not reach the checkout; /tmp they can.
     shutil.copytree(REPO_ROOT / nginx_conf.STATIC, nginx_temp / "static", dirs_exist_ok=True)
     values = nginx_conf.values_for_local(settings.services, f"{options.host}:{options.http_port}", nginx_dir,
                                          upstreams, static_dir=nginx_temp / "static")
     values["temp_dir"] = str(nginx_temp)
-    (nginx_dir / "nginx.conf").write_text(nginx_conf.render(values, (REPO_ROOT / nginx_conf.TEMPLATE).read_text()))
+    conf_file.write_text(nginx_conf.render(values, (REPO_ROOT / nginx_conf.TEMPLATE).read_text()))
     specs.append(ServiceSpec(
         name="nginx",
-        args=[find_nginx(), "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
+        args=[find_nginx(), "-p", str(nginx_dir), "-c", str(conf_file),
               "-e", str(nginx_dir / "error.log"), "-g", "daemon off;"],
         env=base_env, cwd=nginx_dir, log_path=logs / "nginx.log",
         ready=http_ok(f"http://127.0.0.1:{options.http_port}/nginx-health"),
         address=f"http://{options.host}:{options.http_port}",
     ))
     return specs
+
+
+def nginx_conf_file(run_dir: Path) -> Path:
+    return run_dir / "nginx" / "nginx.conf"
 
 
 def supervised(options: Options, nginx_temp: Path, say: Callable[[str], None]) -> list[SupervisedProcess]:
@@ -153,15 +158,15 @@ def supervised(options: Options, nginx_temp: Path, say: Callable[[str], None]) -
             if not port_is_free("127.0.0.1", number):
                 assignment[role] = free_port(exclude=set(assignment.values()))
                 say(f"{process.spec.name}: port {number} was taken while it was down; moving to {assignment[role]}")
-        nginx_conf = options.run_dir / "nginx" / "nginx.conf"
-        conf_before = nginx_conf.read_text()
+        conf_file = nginx_conf_file(options.run_dir)
+        conf_before = conf_file.read_text()
         renewed = {spec.name: spec for spec in build_specs(options, nginx_temp, assignment)}
         followers = []
         for other in processes:
             before, other.spec = other.spec, renewed[other.spec.name]
             if other is process or other.process is None:
                 continue
-            if other.spec.name == "nginx" and nginx_conf.read_text() != conf_before:
+            if other.spec.name == "nginx" and conf_file.read_text() != conf_before:
                 say("nginx: reloading with the new upstream")
                 other.reload()
             elif (before.args, before.env) != (other.spec.args, other.spec.env):

@@ -191,14 +191,20 @@ def python() -> str:
     return sys.executable
 
 
-# The Docker engine for the live compose tier (tests/compose) and the benchmark's compose mode. Where
-# Docker cannot be had those tests are skipped with a loud reason, except under CI=true, where they
-# must run: CI installs what they need (scripts/bootstrap.sh --for-tests) and dockerd starts here.
-def unavailable(error: DockerUnavailable) -> None:
+def required_in_ci(what: str, reason: object, module_level: bool = False) -> None:
+    """Tests that need something this machine may lack (Docker, a memory cgroup, kubectl) are
+    skipped with a loud reason, except under CI=true, where they must run: CI installs what they
+    need (scripts/bootstrap.sh --for-tests)."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"the live compose tier must run in CI, and cannot: {error}")
-    print(f"\n*** LIVE COMPOSE TIER SKIPPED: {error} ***", file=sys.stderr)
-    pytest.skip(f"LIVE COMPOSE TIER SKIPPED: {error}")
+        pytest.fail(f"{what} must run in CI, and cannot: {reason}")
+    print(f"\n*** {what.upper()} SKIPPED: {reason} ***", file=sys.stderr)
+    pytest.skip(f"{what.upper()} SKIPPED: {reason}", allow_module_level=module_level)
+
+
+# The Docker engine for the live compose tier (tests/compose) and the benchmark's compose mode;
+# dockerd starts here when none answers.
+def unavailable(error: DockerUnavailable) -> None:
+    required_in_ci("the live compose tier", error)
 
 
 @pytest.fixture(scope="session")

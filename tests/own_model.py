@@ -48,7 +48,6 @@ PACKAGE_INIT = '''"""doubler-api: twice each number, answered by the `doubler` m
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -57,9 +56,9 @@ from service_kit.app import create_service_app
 from service_kit.inputs import json_body
 from service_kit.model_endpoint import InvalidInput, ModelEndpoint
 from service_kit.settings import ServiceSettings, env
-from service_roster import ROSTER_FILE, read_service
+from service_roster import service_of
 
-ROSTER_ENTRY = read_service(Path(__file__).resolve().parents[1] / ROSTER_FILE)
+ROSTER_ENTRY = service_of(__file__)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,6 @@ nginx's routes and the roster (one source of truth)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from tests.conftest import API_NAMES, REPO_ROOT, ROSTER
+from tests.conftest import API_NAMES, REPO_ROOT, ROSTER, required_in_ci
 
 K8S = REPO_ROOT / "k8s"
 
@@ -24,9 +23,7 @@ def kustomize(directory: Path) -> list[dict]:
     """`kubectl kustomize DIR`: Debian's kubectl (trixie on, kustomize v5), which
     scripts/bootstrap.sh --for-tests installs; without it these tests skip, except under CI."""
     if shutil.which("kubectl") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("kubectl is missing (scripts/bootstrap.sh --for-tests installs it)")
-        pytest.skip("K8S MANIFEST TESTS SKIPPED: no kubectl", allow_module_level=True)
+        required_in_ci("the k8s manifest tests", "no kubectl", module_level=True)
     built = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     return [d for d in yaml.safe_load_all(built.stdout) if d]

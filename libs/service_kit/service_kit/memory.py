@@ -50,10 +50,6 @@ def _limits_along(root: Path, path: str, file_name: str) -> list[int]:
         folder = folder.parent
 
 
-class BudgetTooSmall(Exception):
-    """The request needs more than the whole budget: it can never be served here."""
-
-
 class ByteBudget:
     """A semaphore counted in bytes, first come first served (a large request is not overtaken
     forever by small ones)."""
@@ -66,9 +62,10 @@ class ByteBudget:
 
     @contextlib.contextmanager
     def reserve(self, nbytes: int, timeout: float) -> Iterator[None]:
-        """Hold `nbytes` for the block; TimeoutError if they are not free within `timeout`."""
+        """Hold `nbytes` for the block; TimeoutError if they are not free within `timeout`. More than
+        the whole budget is a caller's mistake (it would wait for ever): check `capacity` first."""
         if nbytes > self.capacity:
-            raise BudgetTooSmall(f"{nbytes} bytes needed, {self.capacity} in the whole budget")
+            raise ValueError(f"{nbytes} bytes needed, {self.capacity} in the whole budget")
         ticket = object()
         with self._changed:
             self._queue.append(ticket)

@@ -63,6 +63,12 @@ def read_service(path: Path) -> Service:
     return service
 
 
+def service_of(module_file: str) -> Service:
+    """The roster entry of the service a module belongs to: `<service>/<package>/<module>.py` reads
+    `<service>/service.toml` (in the repository, and in /app in the service's image alike)."""
+    return read_service(Path(module_file).resolve().parents[1] / ROSTER_FILE)
+
+
 def run_preload(service: Service) -> None:
     if service.preload:
         module, _, function = service.preload.partition(":")

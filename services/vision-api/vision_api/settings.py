@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from service_kit.memory import container_memory_limit
 from service_kit.settings import ServiceSettings, env
-from service_roster import ROSTER_FILE, read_service
+from service_roster import service_of
 
 # This service in the roster: its model and body limit are stated there, once.
-ROSTER_ENTRY = read_service(Path(__file__).resolve().parents[1] / ROSTER_FILE)
+ROSTER_ENTRY = service_of(__file__)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import os
+import contextlib
 
 import pytest
 import requests
 
 from local_stack import compose_file
+from tests.conftest import required_in_ci
 from tests.memory_cgroup import CgroupUnavailable, memory_cgroup
 from tests.services.conftest import start_api
 from tests.services.vision_api.largest_images import largest_images
@@ -32,20 +33,15 @@ def images() -> dict[str, bytes]:
 def limited(model_server, tmp_path_factory):
     """One vision-api instance (one worker, as compose runs it) in a cgroup of compose's limit;
     it learns the limit from the cgroup, as in a container."""
-    try:
-        cgroup_context = memory_cgroup(LIMIT_MB * MB, "vision-api-memory-test")
-        cgroup = cgroup_context.__enter__()
-    except CgroupUnavailable as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the memory-limit test must run in CI, and cannot: {error}")
-        pytest.skip(f"MEMORY LIMIT TEST SKIPPED: {error}")
-    log = tmp_path_factory.mktemp("vision-api-limited") / "log"
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            cgroup = stack.enter_context(memory_cgroup(LIMIT_MB * MB, "vision-api-memory-test"))
+        except CgroupUnavailable as error:
+            required_in_ci("the memory-limit test", error)
+        log = tmp_path_factory.mktemp("vision-api-limited") / "log"
         instance = start_api("vision-api", model_server.grpc_address, log, 1, cgroup=cgroup)
+        stack.callback(instance.process.stop)
         yield instance, cgroup
-        instance.process.stop()
-    finally:
-        cgroup_context.__exit__(None, None, None)
 
 
 def post(url: str, data: bytes, as_json: bool = False) -> requests.Response:
