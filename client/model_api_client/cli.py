@@ -36,7 +36,15 @@ def lstm(client: ModelApiClient, args: argparse.Namespace) -> int:
             negative, positive = result.probabilities
             print(f"{result.label}  {result.score:.3f}  (NEG {negative:.3f}, POS {positive:.3f})  "
                   f"model v{result.model_version}  {text}")
+    show_timing(client, args)
     return 0
+
+
+def show_timing(client: ModelApiClient, args: argparse.Namespace) -> None:
+    """Where the answer's time went on the server (its Server-Timing header), on stderr."""
+    if args.timing:
+        stages = ", ".join(f"{name} {ms:.2f} ms" for name, ms in client.last_timing.items())
+        print(f"server timing: {stages or 'none sent'}", file=sys.stderr)
 
 
 def cv_sod(client: ModelApiClient, args: argparse.Namespace) -> int:
@@ -44,6 +52,7 @@ def cv_sod(client: ModelApiClient, args: argparse.Namespace) -> int:
     output = args.output or Path(args.image).with_suffix(".mask.png")
     mask.save(output)
     print(f"{output}: {mask.width}x{mask.height} mask, model v{mask.model_version}")
+    show_timing(client, args)
     return 0
 
 
@@ -94,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("--url", default=DEFAULT_URL, help="the API's base URL (default: %(default)s)")
     root.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    root.add_argument("--deadline-ms", type=float, help="how long the service may take (X-Request-Timeout-Ms)")
+    root.add_argument("--timing", action="store_true", help="print where the server spent the time (stderr)")
     commands = root.add_subparsers(dest="command", required=True)
     text = commands.add_parser("lstm", help="sentiment of one or more texts")
     text.add_argument("texts", nargs="+")
@@ -115,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with ModelApiClient(args.url, read_timeout=args.timeout) as client:
+        with ModelApiClient(args.url, read_timeout=args.timeout, deadline_ms=args.deadline_ms) as client:
             return args.run(client, args)
     except ApiError as error:
         print(f"model-api: {error}", file=sys.stderr)

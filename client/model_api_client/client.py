@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import requests
@@ -51,12 +52,24 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.request_id = status, code, message, request_id
 
 
+def server_timing(header: str | None) -> dict[str, float]:
+    """`Server-Timing: queue;dur=0.4, model;dur=1.9, ...` as {"queue": 0.4, "model": 1.9, ...} (ms)."""
+    return {name: float(duration) for name, duration in re.findall(r"([\w-]+);dur=([\d.]+)", header or "")}
+
+
 class ModelApiClient:
+    """`deadline_ms`: how long the service may take per request (X-Request-Timeout-Ms); past it
+    the service answers 503 `deadline_unreachable` early or 504, instead of answering late.
+    `last_timing`: where the last answer's time went on the server, in ms (its Server-Timing)."""
+
     def __init__(self, base_url: str = DEFAULT_URL, *, connect_timeout: float = 3.0, read_timeout: float = 30.0,
-                 retries: int = 3):
+                 retries: int = 3, deadline_ms: float | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
+        self.last_timing: dict[str, float] = {}
         self.session = requests.Session()
+        if deadline_ms is not None:
+            self.session.headers["X-Request-Timeout-Ms"] = f"{deadline_ms:g}"
         retry = Retry(total=retries, connect=retries, read=0, status=retries, backoff_factor=0.2,
                       status_forcelist=(502, 503, 504), allowed_methods=None, respect_retry_after_header=True,
                       raise_on_status=False)
@@ -75,7 +88,7 @@ class ModelApiClient:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         reply = self.session.post(f"{self.base_url}/cv_sod", data=data, timeout=self.timeout,
                                   headers={"Content-Type": "application/octet-stream", "Accept": "application/json"})
-        answer = _checked(reply).json()
+        answer = self._checked(reply).json()
         return SaliencyMask(base64.b64decode(answer["mask_png"]), answer["width"], answer["height"],
                             answer.get("model_version"))
 
@@ -89,7 +102,11 @@ class ModelApiClient:
         self.close()
 
     def _post_json(self, path: str, body: dict) -> dict:
-        return _checked(self.session.post(f"{self.base_url}{path}", json=body, timeout=self.timeout)).json()
+        return self._checked(self.session.post(f"{self.base_url}{path}", json=body, timeout=self.timeout)).json()
+
+    def _checked(self, reply: requests.Response) -> requests.Response:
+        self.last_timing = server_timing(reply.headers.get("Server-Timing"))
+        return _checked(reply)
 
 
 def _checked(reply: requests.Response) -> requests.Response:

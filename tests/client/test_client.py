@@ -74,6 +74,19 @@ def test_client_typed_results(stack):
     assert caught.value.status == 415 and caught.value.code == "not_an_image" and caught.value.request_id
 
 
+def test_client_exposes_server_timing_and_sends_its_deadline(stack):
+    with ModelApiClient(stack.url) as client:
+        client.saliency(PHOTO)
+        assert {"preprocess", "queue", "model", "postprocess", "total"} <= set(client.last_timing)
+        assert client.last_timing["model"] > 0
+    with ModelApiClient(stack.url, deadline_ms=0.01, retries=0) as hurried:
+        with pytest.raises(ApiError) as caught:
+            hurried.sentiment("很好")
+    assert caught.value.status == 503 and caught.value.code == "deadline_unreachable"
+    result = cli("--timing", "lstm", "很好", url=stack.url)
+    assert result.returncode == 0 and "server timing: preprocess" in result.stderr and "model" in result.stderr
+
+
 class FlakyHandler(http.server.BaseHTTPRequestHandler):
     """503 with Retry-After for the first two requests, then an answer."""
 

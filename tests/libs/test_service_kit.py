@@ -140,7 +140,9 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(("error", "status", "code"), [
-    (BatcherOverloaded("full"), 503, "overloaded"),
+    (BatcherOverloaded("queue_full", "full"), 503, "overloaded"),
+    (BatcherOverloaded("predicted_late", "late"), 503, "deadline_unreachable"),
+    (BatcherOverloaded("expired", "late"), 503, "deadline_unreachable"),
     (BatchDeadlineExceeded("late"), 504, "model_timeout"),
 ])
 def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, status, code):

@@ -1,5 +1,6 @@
-"""MicroBatcher: concurrent submissions share model calls, results go back to the right caller,
-failures reach every waiter, and nothing waits when there is nothing to wait for."""
+"""The batcher: its rules on a made-up clock (early release, shedding before model work, no answer
+after a deadline, the adaptive window), then the threaded MicroBatcher around them (results to the
+right caller, failures to every waiter, nothing waits when there is nothing to wait for)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,211 @@ import time
 
 import pytest
 
-from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded, MicroBatcher
+from service_kit.batching import (
+    BatchDeadlineExceeded,
+    BatcherOverloaded,
+    BatchQueue,
+    LatencyModel,
+    MicroBatcher,
+    _Pending,
+)
+
+MS = 0.001
+
+
+def learnt(fixed: float, per_example: float) -> LatencyModel:
+    """A latency model that has seen calls of several sizes cost fixed + per_example x size."""
+    model = LatencyModel()
+    for _ in range(30):  # long enough for the early misfits to be forgotten
+        for size in (1, 8, 32, 64):
+            model.observe(size, fixed + per_example * size)
+    return model
+
+
+def entries(count: int, deadline: float, now: float) -> list[_Pending]:
+    return [_Pending(index, deadline, now) for index in range(count)]
+
+
+def arrivals(queue: BatchQueue, times: list[float], deadline_after: float) -> None:
+    """One single-example request at each time, each with `deadline_after` seconds to live."""
+    for at in times:
+        queue.admit(entries(1, at + deadline_after, at), at)
+
+
+# --- the rules, on a made-up clock ---------------------------------------------------------------
+
+def test_the_latency_model_tells_the_fixed_cost_from_the_cost_per_example():
+    model = learnt(fixed=2 * MS, per_example=0.05 * MS)
+    assert model.fixed == pytest.approx(2 * MS, rel=1e-3)
+    assert model.per_example == pytest.approx(0.05 * MS, rel=1e-3)
+    assert model.estimate(64) == pytest.approx(5.2 * MS, rel=1e-3)
+
+
+def test_when_calls_vary_predictions_leave_room_for_it():
+    steady, varied = learnt(2 * MS, 0), learnt(2 * MS, 0)
+    for seconds in [1 * MS, 3 * MS] * 20:
+        varied.observe(8, seconds)
+    assert steady.estimate(8) == pytest.approx(2 * MS, rel=1e-3)
+    assert varied.estimate(8) > 2 * MS + 3 * MS  # four mean errors of ~1 ms on top
+
+
+def test_the_window_follows_the_models_latency_up_to_its_cap():
+    assert BatchQueue(max_window=5 * MS, latency=learnt(2 * MS, 0)).window() == pytest.approx(2 * MS)
+    assert BatchQueue(max_window=5 * MS, latency=learnt(20 * MS, 0)).window() == 5 * MS
+
+
+def test_a_lone_request_leaves_at_once():
+    queue = BatchQueue(latency=learnt(2 * MS, 0))
+    arrivals(queue, [10.0], deadline_after=1.0)
+    decision = queue.decide(10.0)
+    assert decision.release.reason == "idle" and len(decision.release.entries) == 1
+
+
+def test_under_steady_arrivals_a_batch_waits_for_company_at_most_the_window():
+    queue = BatchQueue(latency=learnt(2 * MS, 0.01 * MS))  # window: the 2 ms fixed cost
+    arrivals(queue, [10.0 + i * 0.5 * MS for i in range(40)], deadline_after=1.0)  # one every 0.5 ms
+    queue.queued.clear()  # (sent meanwhile)
+    arrivals(queue, [11.0], deadline_after=1.0)  # after a pause: it goes alone
+    assert queue.decide(11.0).release.reason == "idle"
+    arrivals(queue, [11.0 + i * 0.5 * MS for i in range(1, 20)], deadline_after=1.0)  # company again
+    queue.queued.clear()
+    arrivals(queue, [12.0], deadline_after=1.0)
+    queue._mean_gap = 0.5 * MS  # as if the pause had not been
+    decision = queue.decide(12.0)
+    assert decision.release is None and decision.wake_at == pytest.approx(12.0 + 2 * MS)
+    arrivals(queue, [12.0005, 12.001], deadline_after=1.0)
+    assert queue.decide(12.0015).release is None
+    decision = queue.decide(12.002)
+    assert decision.release.reason == "window" and len(decision.release.entries) == 3
+
+
+def test_a_full_batch_leaves_without_waiting():
+    queue = BatchQueue(max_batch_size=4, latency=learnt(2 * MS, 0))
+    arrivals(queue, [10.0 + i * 0.1 * MS for i in range(20)], deadline_after=1.0)
+    decision = queue.decide(10.002)
+    assert decision.release.reason == "full" and len(decision.release.entries) == 4
+
+
+def test_a_batch_leaves_early_when_waiting_would_make_its_most_urgent_member_late():
+    queue = BatchQueue(max_window=5 * MS, margin=1 * MS, latency=learnt(4 * MS, 0))  # window 4 ms
+    arrivals(queue, [10.0 + i * 0.5 * MS for i in range(40)], deadline_after=1.0)
+    queue.queued.clear()
+    arrivals(queue, [10.0205], deadline_after=1.0)
+    arrivals(queue, [10.0205], deadline_after=6 * MS)  # must start by 10.0215 (4 ms call, 1 ms margin)
+    decision = queue.decide(10.0205)
+    assert decision.release is None and decision.wake_at == pytest.approx(10.0215)
+    decision = queue.decide(decision.wake_at)
+    assert decision.release.reason == "deadline" and len(decision.release.entries) == 2
+
+
+def test_a_request_that_would_be_late_is_refused_before_it_is_queued():
+    queue = BatchQueue(max_batch_size=8, margin=1 * MS, latency=learnt(10 * MS, 0))
+    arrivals(queue, [10.0], deadline_after=1.0)
+    queue.started(queue.decide(10.0).release, 10.0)  # a call in flight until 10.010
+    arrivals(queue, [10.001] * 16, deadline_after=1.0)  # two full batches queued behind it
+    # answered at 10.010 + 2 x 10 ms + its own 10 ms = 10.040: a 35 ms deadline cannot be met
+    with pytest.raises(BatcherOverloaded) as refused:
+        queue.admit(entries(1, 10.002 + 35 * MS, 10.002), 10.002)
+    assert refused.value.reason == "predicted_late" and len(queue.queued) == 16
+    queue.admit(entries(1, 10.002 + 45 * MS, 10.002), 10.002)  # 45 ms is enough
+    assert len(queue.queued) == 17
+
+
+def test_a_queued_request_that_can_no_longer_make_it_is_dropped_before_the_call():
+    queue = BatchQueue(margin=1 * MS, latency=learnt(10 * MS, 0))
+    arrivals(queue, [10.0], deadline_after=1.0)
+    in_flight = queue.decide(10.0).release
+    end = queue.started(in_flight, 10.0)
+    arrivals(queue, [10.001], deadline_after=25 * MS)  # admitted: predicted 10.020 + margin < 10.026
+    arrivals(queue, [10.001], deadline_after=1.0)
+    queue.finished(end, 1, 20 * MS)  # the call took 20 ms, not 10: it is 10.020 now
+    decision = queue.decide(10.020)
+    assert [e.deadline for e in decision.shed] == [pytest.approx(10.026)]  # 10.020 + ~13 ms > 10.026
+    assert [e.deadline for e in decision.release.entries] == [pytest.approx(11.001)]
+
+
+def test_a_full_queue_refuses_at_once_and_keeps_nothing_of_the_refused_request():
+    queue = BatchQueue(max_queued=3)
+    arrivals(queue, [10.0, 10.0], deadline_after=1.0)
+    with pytest.raises(BatcherOverloaded) as refused:
+        queue.admit(entries(2, 11.0, 10.0), 10.0)
+    assert refused.value.reason == "queue_full" and len(queue.queued) == 2
+
+
+def test_coalescing_only_sends_whatever_queued_at_once_and_refuses_nothing_for_time():
+    queue = BatchQueue(coalesce_only=True, latency=learnt(50 * MS, 0))
+    arrivals(queue, [10.0 + i * 0.1 * MS for i in range(5)], deadline_after=1 * MS)
+    decision = queue.decide(10.001)
+    assert decision.release.reason == "idle" and len(decision.release.entries) == 5 and not decision.shed
+
+
+def test_nothing_is_released_while_every_slot_is_busy():
+    queue = BatchQueue(concurrent_batches=1, latency=learnt(2 * MS, 0))
+    arrivals(queue, [10.0], deadline_after=1.0)
+    queue.started(queue.decide(10.0).release, 10.0)
+    arrivals(queue, [10.001], deadline_after=1.0)
+    assert queue.decide(10.001).release is None
+
+
+# --- the threaded batcher, with an injected clock where time decides ------------------------------
+
+class FakeClock:
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_request_is_answered_after_its_deadline():
+    clock = FakeClock()
+
+    def slow_model(items, deadline):
+        clock.now += 0.5  # the call ends 0.5 s later on the batcher's clock
+        return items
+
+    batcher = MicroBatcher(slow_model, BatchQueue(coalesce_only=True), clock=clock)
+    with pytest.raises(BatchDeadlineExceeded):
+        batcher.submit([1], deadline=clock.now + 0.4)
+    assert batcher.submit([2], deadline=clock.now + 0.6) == [2]
+
+
+def test_a_request_that_cannot_make_its_deadline_never_reaches_the_model():
+    clock = FakeClock()
+    seen: list[list[int]] = []
+    release = threading.Event()
+
+    def model(items, deadline):
+        seen.append(list(items))
+        release.wait(10)
+        return items
+
+    rules = BatchQueue(latency=learnt(50 * MS, 0))
+    batcher = MicroBatcher(model, rules, clock=clock)
+    first = threading.Thread(target=batcher.submit, args=([1], clock.now + 10))
+    first.start()
+    wait_for(lambda: seen == [[1]])
+    started = time.monotonic()
+    with pytest.raises(BatcherOverloaded) as refused:  # behind a call until +50 ms, plus its own 50 ms
+        batcher.submit([2], deadline=clock.now + 80 * MS)
+    assert refused.value.reason == "predicted_late" and time.monotonic() - started < 1
+    release.set()
+    first.join(5)
+    assert batcher.submit([3], deadline=clock.now + 1) == [3]
+    assert seen == [[1], [3]]
+
+
+def wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+# --- the threaded batcher, in real time -----------------------------------------------------------
+
+def within(seconds: float) -> float:
+    return time.monotonic() + seconds
 
 
 class SlowDoubler:
@@ -16,29 +221,46 @@ class SlowDoubler:
         self.seconds = seconds
         self.batches: list[list[int]] = []
 
-    def __call__(self, items: list[int]) -> list[int]:
+    def __call__(self, items: list[int], deadline: float) -> list[int]:
         self.batches.append(list(items))
         time.sleep(self.seconds)
         return [2 * item for item in items]
+
+
+class Recorder:
+    def __init__(self):
+        self.releases: list[tuple[str, int]] = []
+        self.waits: list[float] = []
+        self.sheds: list[tuple[str, int]] = []
+
+    def released(self, reason, size, max_size):
+        self.releases.append((reason, size))
+
+    def waited(self, seconds):
+        self.waits.append(seconds)
+
+    def shed(self, reason, count):
+        self.sheds.append((reason, count))
 
 
 def test_a_lone_request_goes_at_once():
     model = SlowDoubler(0.0)
     batcher = MicroBatcher(model)
     started = time.monotonic()
-    assert batcher.submit([21], timeout=5) == [42]
+    assert batcher.submit([21], deadline=within(5)) == [42]
     assert time.monotonic() - started < 0.05
     assert model.batches == [[21]]
 
 
-def test_concurrent_requests_are_answered_by_fewer_larger_calls():
+@pytest.mark.parametrize("coalesce_only", [False, True])
+def test_concurrent_requests_are_answered_by_fewer_larger_calls(coalesce_only):
     model = SlowDoubler(0.05)
-    sizes: list[int] = []
-    batcher = MicroBatcher(model, max_batch_size=16, observe_batch_size=sizes.append)
+    recorder = Recorder()
+    batcher = MicroBatcher(model, BatchQueue(max_batch_size=16, coalesce_only=coalesce_only), recorder)
     answers: dict[int, list[int]] = {}
 
     def caller(n: int) -> None:
-        answers[n] = batcher.submit([n, n + 1000], timeout=10)
+        answers[n] = batcher.submit([n, n + 1000], deadline=within(10))
 
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(40)]
     for thread in threads:
@@ -46,14 +268,16 @@ def test_concurrent_requests_are_answered_by_fewer_larger_calls():
     for thread in threads:
         thread.join()
     assert answers == {n: [2 * n, 2 * (n + 1000)] for n in range(40)}
-    assert sum(sizes) == 80 and max(sizes) <= 16
+    sizes = [size for _, size in recorder.releases]
+    assert sum(sizes) == 80 and max(sizes) <= 16 and len(recorder.waits) == 80
     assert len(model.batches) < 20, f"{len(model.batches)} calls for 80 items"
+    assert {reason for reason, _ in recorder.releases} <= {"full", "window", "deadline", "idle"}
 
 
 def test_a_failed_call_fails_each_of_its_requests_and_the_batcher_recovers():
     calls = []
 
-    def flaky(items):
+    def flaky(items, deadline):
         calls.append(items)
         if len(calls) == 1:
             raise ValueError("model server hiccup")
@@ -61,65 +285,70 @@ def test_a_failed_call_fails_each_of_its_requests_and_the_batcher_recovers():
 
     batcher = MicroBatcher(flaky)
     with pytest.raises(ValueError, match="hiccup"):
-        batcher.submit([1, 2], timeout=5)
-    assert batcher.submit([3], timeout=5) == [3]
+        batcher.submit([1, 2], deadline=within(5))
+    assert batcher.submit([3], deadline=within(5)) == [3]
 
 
 def test_wrong_result_count_is_an_error_not_a_mixup():
-    batcher = MicroBatcher(lambda items: items[:-1])
+    batcher = MicroBatcher(lambda items, deadline: items[:-1])
     with pytest.raises(RuntimeError, match="results for"):
-        batcher.submit([1, 2], timeout=5)
+        batcher.submit([1, 2], deadline=within(5))
+
+
+def test_the_model_call_is_given_the_latest_deadline_of_its_requests():
+    deadlines: list[float] = []
+    batcher = MicroBatcher(lambda items, deadline: deadlines.append(deadline) or items)
+    deadline = within(3)
+    batcher.submit([1], deadline=deadline)
+    assert deadlines == [deadline]
 
 
 def test_timeout_when_the_model_never_answers():
     release = threading.Event()
-    batcher = MicroBatcher(lambda items: release.wait(10) and items)
+    batcher = MicroBatcher(lambda items, deadline: release.wait(10) and items)
     with pytest.raises(BatchDeadlineExceeded):
-        batcher.submit([1], timeout=0.1)
+        batcher.submit([1], deadline=within(0.1))
     release.set()
 
 
-def blocked_batcher(max_queued: int = 1024) -> tuple[MicroBatcher, list[list[int]], threading.Event]:
+def blocked_batcher(max_queued: int = 1024) -> tuple[MicroBatcher, list[list[int]], threading.Event, Recorder]:
     """A batcher whose first model call waits for `release`: what queues meanwhile stays queued."""
     calls: list[list[int]] = []
     release = threading.Event()
 
-    def run_batch(items: list[int]) -> list[int]:
+    def run_batch(items: list[int], deadline: float) -> list[int]:
         calls.append(list(items))
         release.wait(10)
         return items
 
-    batcher = MicroBatcher(run_batch, max_queued=max_queued)
-    threading.Thread(target=batcher.submit, args=([1], 10), daemon=True).start()
-    deadline = time.monotonic() + 5
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert calls == [[1]], "the first call is in flight"
-    return batcher, calls, release
+    recorder = Recorder()
+    batcher = MicroBatcher(run_batch, BatchQueue(max_queued=max_queued, coalesce_only=True), recorder)
+    threading.Thread(target=batcher.submit, args=([1], within(10)), daemon=True).start()
+    wait_for(lambda: calls == [[1]])
+    return batcher, calls, release, recorder
 
 
 def test_a_request_that_gave_up_is_never_sent_to_the_model():
-    batcher, calls, release = blocked_batcher()
+    batcher, calls, release, _ = blocked_batcher()
     with pytest.raises(BatchDeadlineExceeded):
-        batcher.submit([2, 3], timeout=0.05)  # waits behind the blocked call, then gives up
+        batcher.submit([2, 3], deadline=within(0.05))  # waits behind the blocked call, then gives up
     release.set()
-    assert batcher.submit([4], timeout=5) == [4]
+    assert batcher.submit([4], deadline=within(5)) == [4]
     assert calls == [[1], [4]], "2 and 3 were dropped before the call"
 
 
-def test_a_full_queue_refuses_at_once_and_keeps_nothing_of_the_refused_request():
-    batcher, calls, release = blocked_batcher(max_queued=2)
+def test_a_full_queue_refuses_at_once_and_says_so():
+    batcher, calls, release, recorder = blocked_batcher(max_queued=2)
     answers = []
-    waiter = threading.Thread(target=lambda: answers.append(batcher.submit([2, 3], timeout=10)))
+    waiter = threading.Thread(target=lambda: answers.append(batcher.submit([2, 3], deadline=within(10))))
     waiter.start()
-    deadline = time.monotonic() + 5
-    while batcher._queue.qsize() < 2 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_for(lambda: len(batcher.rules.queued) == 2)
     started = time.monotonic()
     with pytest.raises(BatcherOverloaded):
-        batcher.submit([5], timeout=10)
+        batcher.submit([5], deadline=within(10))
     assert time.monotonic() - started < 0.5, "refused at once, not after waiting"
     release.set()
     waiter.join(5)
     assert answers == [[2, 3]]
     assert 5 not in [item for call in calls for item in call]
+    assert recorder.sheds == [("queue_full", 1)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 
 import cv2
@@ -133,6 +134,34 @@ def test_health_readiness_metrics_and_request_ids(text_api):
     assert not any(x.get("request_id") == "it-test-42" for x in log_lines), "successes are nginx's to log"
 
 
+def server_timing(reply: requests.Response) -> dict[str, float]:
+    return {name: float(duration) for name, duration in
+            re.findall(r"(\w+);dur=([\d.]+)", reply.headers.get("Server-Timing", ""))}
+
+
+def test_each_answer_says_where_its_time_went_and_each_batch_why_it_left(text_api, vision_api, photo_jpeg):
+    text = requests.post(f"{text_api.url}/lstm", json={"line": "很好"}, timeout=10)
+    image = requests.post(f"{vision_api.url}/cv_sod", data=photo_jpeg, headers={"Content-Type": "image/jpeg"},
+                          timeout=10)
+    for reply in (text, image):
+        stages = server_timing(reply)
+        assert reply.status_code == 200 and set(stages) == {"preprocess", "queue", "model", "postprocess", "total"}
+        assert stages["model"] > 0 and stages["total"] >= sum(v for k, v in stages.items() if k != "total") - 0.1
+    refused = requests.post(f"{text_api.url}/lstm", json={"line": "很好"}, headers={"X-Request-Timeout-Ms": "0.01"},
+                            timeout=10)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "deadline_unreachable"
+    assert "model" not in server_timing(refused), "refused before any model work"
+    for bad in ("soon", "-5", "nan"):
+        reply = requests.post(f"{text_api.url}/lstm", json={"line": "很好"}, headers={"X-Request-Timeout-Ms": bad},
+                              timeout=10)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_timeout"
+    metrics = requests.get(f"{text_api.url}/metrics", timeout=5).text
+    assert re.search(r'model_batch_releases_total\{model="lstm",reason="(idle|window|deadline|full)"\} [1-9]', metrics)
+    assert re.search(r'model_requests_shed_total\{model="lstm",reason="predicted_late"\} [1-9]', metrics)
+    assert 'model_queue_wait_seconds_count{model="lstm"}' in metrics
+    assert 'model_batch_fill_ratio_count{model="lstm"}' in metrics
+
+
 def test_api_workers_do_not_load_tensorflow(text_api, vision_api):
     for instance in (text_api, vision_api):
         for worker in workers(instance):
@@ -154,12 +183,17 @@ def test_model_server_down_gives_a_fast_503_with_retry_after(tmp_path):
         instance.process.stop()
 
 
-def test_deadline_passed_is_a_504(model_server, tmp_path, photo_jpeg):
+@pytest.mark.parametrize(("batching", "status", "code"), [
+    ("coalesce", 504, "model_timeout"),  # asked, and too slow
+    ("deadline", 503, "deadline_unreachable"),  # not asked: the batcher knew it could not make it
+])
+def test_a_deadline_too_short_for_the_model(model_server, tmp_path, photo_jpeg, batching, status, code):
     instance = start_api("vision-api", model_server.grpc_address, tmp_path / "log", 1,
-                         env={"MODEL_TIMEOUT_SECONDS": "0.002"})
+                         env={"MODEL_TIMEOUT_SECONDS": "0.002", "MODEL_BATCHING": batching})
     try:
         reply = requests.post(f"{instance.url}/cv_sod", data=photo_jpeg,
                               headers={"Content-Type": "image/jpeg"}, timeout=10)
-        assert reply.status_code == 504 and reply.json()["error"]["code"] == "model_timeout"
+        assert reply.status_code == status and reply.json()["error"]["code"] == code
+        assert ("Retry-After" in reply.headers) == (status == 503)
     finally:
         instance.process.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -10,8 +11,9 @@ import uuid
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from service_kit import metrics
+from service_kit import deadlines, metrics
 from service_kit.errors import register_error_handlers
+from service_kit.model_endpoint import ModelEndpoint
 from service_kit.settings import ServiceSettings
 from tfserving_client import ModelServerClient, ModelServerError
 
@@ -37,7 +39,66 @@ def create_service_app(import_name: str, settings: ServiceSettings,
     register_error_handlers(app, settings.retry_after_seconds)
     _register_request_bookkeeping(app)
     _register_health_routes(app)
+    if settings.model_batching == "deadline":
+        app.wsgi_app = RefuseLateArrivals(app, settings)
     return app
+
+
+class RefuseLateArrivals:
+    """WSGI, in front of Flask: a request that waited so long for this worker (X-Request-Start,
+    set by nginx) that it would miss its deadline, given what preparing it and the model's queue
+    take now (the service's ModelEndpoint knows both), is refused here with 503 before anything
+    else is done for it. A refusal must cost a fraction of an answer, or an overload is spent
+    refusing; and the prediction is made afresh from the queue each time, never from answers alone
+    (an estimate fed only by the requests it lets in stops being corrected once it refuses all)."""
+
+    def __init__(self, app: Flask, settings: ServiceSettings):
+        self.app = app
+        self.wsgi_app = app.wsgi_app
+        self.settings = settings
+        self.margin = settings.model_deadline_margin_ms / 1000
+        self.retry_after = str(settings.retry_after_seconds)
+        self._endpoint: ModelEndpoint | None = None
+
+    def endpoint(self) -> ModelEndpoint | None:
+        """The service's ModelEndpoint, wherever in app.extensions the service keeps it."""
+        if self._endpoint is None:
+            self._endpoint = next((v for v in self.app.extensions.values() if isinstance(v, ModelEndpoint)), None)
+        return self._endpoint
+
+    def __call__(self, environ, start_response):
+        waited = deadlines.waited_before(environ.get("HTTP_X_REQUEST_START"))
+        endpoint = self.endpoint()
+        if waited and endpoint is not None and environ.get("PATH_INFO") not in _ALWAYS_ANSWERED:
+            try:
+                timeout = deadlines.timeout_seconds(environ.get("HTTP_X_REQUEST_TIMEOUT_MS"), self.settings)
+            except deadlines.InvalidTimeout:
+                return self.wsgi_app(environ, start_response)  # Flask answers it: 400
+            needed = endpoint.predicted_seconds(time.monotonic())
+            if timeout - waited < needed + self.margin:
+                return self.refuse(environ, start_response, waited, timeout, needed)
+        return self.wsgi_app(environ, start_response)
+
+    def refuse(self, environ, start_response, waited: float, timeout: float, needed: float):
+        metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "late_arrival").inc()
+        metrics.HTTP_REQUESTS.labels(_REFUSED_ROUTE, environ.get("REQUEST_METHOD", ""), "503").inc()
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        message = (f"the request waited {1000 * waited:.0f} ms for a worker; answering it takes about "
+                   f"{1000 * needed:.0f} ms now, past its {1000 * timeout:.0f} ms; retry shortly or allow more "
+                   f"time ({deadlines.HEADER})")
+        body = json.dumps({"error": {"code": "deadline_unreachable", "message": message,
+                                     "request_id": request_id}}).encode()
+        start_response("503 SERVICE UNAVAILABLE", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Retry-After", self.retry_after), ("X-Request-ID", request_id), ("Server-Timing", "total;dur=0")])
+        return [body]
+
+
+# Answered whatever the load: probes and scrapes must see an overloaded instance as alive.
+_ALWAYS_ANSWERED = frozenset({"/healthz", "/readyz", "/metrics"})
+# http_requests_total's route label for requests refused before routing.
+_REFUSED_ROUTE = "<refused on arrival>"
 
 
 def model_client() -> ModelServerClient:
@@ -102,10 +163,21 @@ def _register_request_bookkeeping(app: Flask) -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.budget_token = deadlines.begin(request.headers.get(deadlines.HEADER), current_app.extensions["settings"],
+                                         request.headers.get(deadlines.START_HEADER))
+
+    @app.teardown_request
+    def forget_budget(_error: BaseException | None) -> None:
+        token = g.pop("budget_token", None)
+        if token is not None:
+            deadlines.end(token)
 
     @app.after_request
     def finish(response: Response) -> Response:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        budget = deadlines.current() if "budget_token" in g else None
+        if budget is not None:
+            response.headers["Server-Timing"] = budget.server_timing(time.monotonic())
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
         metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(route, request.method).observe(seconds)

@@ -1,128 +1,366 @@
-"""Coalescing concurrent requests of one worker into one model call.
+"""Coalescing the concurrent requests of one worker into model calls, within each request's deadline.
 
 A gevent worker holds hundreds of requests at once; sending each as its own Predict costs a gRPC
-round trip and a model-server dispatch per sentence. Here each request hands its examples to a
-queue and waits; a batcher loop takes everything queued (up to `max_batch_size`), makes ONE call,
-and hands each request its rows. Nothing waits on purpose: a lone request goes out at once, and
-requests that arrive while a call is in flight go together in the next one.
+round trip and a model-server dispatch per example. Here each request hands its examples, with its
+deadline, to a queue and waits; a loop sends what is queued as ONE call and hands each request
+its rows.
 
-Limits: the queue holds at most `max_queued` items; past that a request is refused at once
-(`BatcherOverloaded`, a 503 with Retry-After) instead of queueing work nobody will wait for. A
-request that gives up waiting (`BatchDeadlineExceeded`, a 504) leaves its items behind marked
-abandoned, and the loop drops them before the model call.
+The rules (`BatchQueue`, a plain object that takes the time as an argument, so tests drive it with
+a made-up clock):
+- admission: a request is refused at once, before any model work, when the queue is full
+  (`queue_full`) or when the queue ahead of it and the model's recent latency say it would be
+  answered after its deadline (`predicted_late`);
+- release: a batch leaves when it is `full`; when waiting longer would make its most urgent
+  member miss its deadline (`deadline`); when its oldest member has waited the window (`window`);
+  or at once when no other request is expected within the window (`idle`: a lone request never
+  waits);
+- the window adapts: it is the fixed part of a model call's recent latency (what one more request
+  in the batch saves), capped by `max_window`. On a busy machine calls slow down, the window grows
+  and batches with it, so the model costs less CPU per request (the lstm model takes ~1 ms for one
+  sentence and ~3 ms for 128); on a quiet one it is a few ms, or nothing (`idle`). Requests that
+  arrive while a call is in flight go together in the next one, as before;
+- a member that can no longer make its deadline is dropped before the call (`expired`), and a
+  caller whose deadline passes stops waiting (`BatchDeadlineExceeded`): no answer after the deadline.
 
-It uses `threading` and `queue`, which gevent's monkey-patching turns into greenlet primitives in
-the API workers; without gevent (unit tests, scripts) it runs on real threads.
+The model's latency is learnt from the calls themselves (`LatencyModel`: seconds ~ fixed +
+per_example x batch size, recent calls weighing most), as BentoML's adaptive batching does.
+
+`coalesce_only` keeps the older behaviour (no deadline rules, no window: whatever queued goes
+at once) for side-by-side benchmarks.
+
+It uses `threading`, which gevent's monkey-patching turns into greenlet primitives in the API
+workers; without gevent (unit tests, scripts) it runs on real threads.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+_EPSILON = 1e-9  # seconds: rounding, not time
+
+RELEASE_REASONS = ("full", "window", "deadline", "idle")
+SHED_REASONS = ("late_arrival", "queue_full", "predicted_late", "expired")
+
 
 class BatcherOverloaded(Exception):
-    """The queue is full: more work is waiting than the model can take before it expires."""
+    """Refused before any model work: the queue is full, or the request could not be answered in time."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # one of SHED_REASONS
+
+
+def _late_message(finish: float, deadline: float, now: float) -> str:
+    return (f"the model would answer in about {1000 * (finish - now):.0f} ms, after the request's deadline "
+            f"({1000 * (deadline - now):.0f} ms from now)")
 
 
 class BatchDeadlineExceeded(Exception):
     """The request's deadline passed before its batch was answered."""
 
 
-class _Pending(Generic[Item, Result]):
-    __slots__ = ("abandoned", "done", "error", "item", "result")
+class BatchObserver(Protocol):
+    """What the batcher reports, for metrics."""
 
-    def __init__(self, item: Item):
+    def released(self, reason: str, size: int, max_size: int) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
+
+    def shed(self, reason: str, requests: int) -> None: ...
+
+
+class LatencyModel:
+    """Seconds of a model call as fixed + per_example x size, fitted by least squares over recent
+    calls (each older call weighs `decay` times less), plus four times the recent mean error of
+    that fit: when calls vary (a busy machine), predictions leave room for it, as TCP's
+    retransmission timer does."""
+
+    def __init__(self, decay: float = 0.95, initial_seconds: float = 0.005):
+        self.decay = decay
+        self._sums = [0.0] * 5  # weight, weight*n, weight*n*n, weight*y, weight*n*y
+        self.fixed, self.per_example = initial_seconds, 0.0
+        self.error = 0.0
+
+    def observe(self, size: int, seconds: float) -> None:
+        if self._sums[0]:
+            self.error += 0.25 * (abs(seconds - self.fit(size)) - self.error)
+        w, wn, wnn, wy, wny = (s * self.decay for s in self._sums)
+        self._sums = [w + 1, wn + size, wnn + size * size, wy + seconds, wny + size * seconds]
+        w, wn, wnn, wy, wny = self._sums
+        spread = w * wnn - wn * wn
+        if spread > 1e-9 * w * w:  # sizes varied: fixed and per-example parts can be told apart
+            per_example = max(0.0, (w * wny - wn * wy) / spread)
+            self.fixed, self.per_example = max(0.0, (wy - per_example * wn) / w), per_example
+        else:
+            self.fixed, self.per_example = max(0.0, wy / w - self.per_example * wn / w), self.per_example
+
+    def fit(self, size: int) -> float:
+        return self.fixed + self.per_example * size
+
+    def estimate(self, size: int) -> float:
+        return self.fit(size) + 4 * self.error
+
+
+class _Pending(Generic[Item, Result]):
+    __slots__ = ("deadline", "dispatched_at", "done", "enqueued_at", "error", "item", "request", "result")
+
+    def __init__(self, item: Item, deadline: float, now: float, request: object = None):
         self.item = item
+        self.request = request  # the examples of one request share it
+        self.deadline = deadline
+        self.enqueued_at = now
+        self.dispatched_at: float | None = None
         self.done = threading.Event()
-        self.abandoned = False  # its caller stopped waiting: not worth a model call
         self.result: Result | None = None
         self.error: BaseException | None = None
 
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+@dataclasses.dataclass
+class Release:
+    entries: list[_Pending]
+    reason: str  # one of RELEASE_REASONS
+
+
+@dataclasses.dataclass
+class Decision:
+    """What the loop does now: run `release` (if any), fail `shed`, and look again at `wake_at`
+    (None: when something changes)."""
+
+    release: Release | None = None
+    shed: list[_Pending] = dataclasses.field(default_factory=list)
+    wake_at: float | None = None
+
+
+class BatchQueue:
+    """The batcher's rules, without threads or a clock of their own; the caller holds the lock."""
+
+    def __init__(self, max_batch_size: int = 64, max_queued: int = 1024, concurrent_batches: int = 1,
+                 max_window: float = 0.025, margin: float = 0.002, coalesce_only: bool = False,
+                 latency: LatencyModel | None = None):
+        self.max_batch_size = max_batch_size
+        self.max_queued = max_queued
+        self.concurrent_batches = concurrent_batches
+        self.max_window = max_window
+        self.margin = margin  # kept between a predicted answer and a deadline
+        self.coalesce_only = coalesce_only
+        self.latency = latency or LatencyModel()
+        self.queued: collections.deque[_Pending] = collections.deque()
+        self.in_flight_until: list[float] = []  # predicted end of each call in flight
+        self._last_arrival: float | None = None
+        # Seconds between requests, recent ones weighing most; a pause counts as at most a few
+        # windows, so the first requests after it are seen as company again soon.
+        self._longest_gap = 4 * max_window
+        self._mean_gap = self._longest_gap
+
+    def window(self) -> float:
+        return min(self.max_window, self.latency.fixed)
+
+    def admit(self, entries: list[_Pending], now: float) -> None:
+        """Queue a request's entries, or raise BatcherOverloaded with nothing queued."""
+        if len(self.queued) + len(entries) > self.max_queued:
+            raise BatcherOverloaded("queue_full", f"{len(self.queued)} examples already wait for the model")
+        if not self.coalesce_only:
+            finish = self.predicted_finish(len(entries), now)
+            deadline = min(entry.deadline for entry in entries)
+            if finish + self.margin > deadline:
+                raise BatcherOverloaded("predicted_late", _late_message(finish, deadline, now))
+        if self._last_arrival is not None:
+            gap = min(self._longest_gap, max(0.0, now - self._last_arrival))
+            self._mean_gap += 0.1 * (gap - self._mean_gap)
+        self._last_arrival = now
+        self.queued.extend(entries)
+
+    def predicted_finish(self, count: int, now: float) -> float:
+        """When `count` more examples queued now would be answered: after the calls in flight (if
+        no slot is free), the full batches ahead of them, and their own batch."""
+        start = now
+        if len(self.in_flight_until) >= self.concurrent_batches:
+            start = max(now, min(self.in_flight_until))
+        ahead = len(self.queued)
+        full_batches, rest = divmod(ahead, self.max_batch_size)
+        own = min(self.max_batch_size, rest + count)
+        return start + full_batches * self.latency.estimate(self.max_batch_size) + self.latency.estimate(own)
+
+    def decide(self, now: float) -> Decision:
+        decision = Decision()
+        if len(self.in_flight_until) >= self.concurrent_batches or not self.queued:
+            return decision
+        if self.coalesce_only:
+            batch = [self.queued.popleft() for _ in range(min(self.max_batch_size, len(self.queued)))]
+            reason = "full" if len(batch) == self.max_batch_size else "idle"
+            decision.release = Release(batch, reason)
+            return decision
+        # Members that cannot make their deadline even if the batch left now are dropped unsent.
+        size = min(self.max_batch_size, len(self.queued))
+        kept = collections.deque()
+        for entry in self.queued:
+            if now + self.latency.estimate(size) + self.margin > entry.deadline + _EPSILON:
+                decision.shed.append(entry)
+            else:
+                kept.append(entry)
+        self.queued = kept
+        if not self.queued:
+            return decision
+        size = min(self.max_batch_size, len(self.queued))
+        batch_view = list(self.queued)[:size]
+        latest_start = min(entry.deadline for entry in batch_view) - self.latency.estimate(size) - self.margin
+        window_ends = batch_view[0].enqueued_at + self.window()
+        if size == self.max_batch_size:
+            reason = "full"
+        elif now + _EPSILON >= latest_start:
+            reason = "deadline"
+        elif now >= window_ends:
+            reason = "window"
+        elif self._mean_gap > self.window():
+            reason = "idle"  # no other request expected within the window: waiting gains nothing
+        else:
+            decision.wake_at = min(latest_start, window_ends)
+            return decision
+        decision.release = Release([self.queued.popleft() for _ in range(size)], reason)
+        return decision
+
+    def started(self, release: Release, now: float) -> float:
+        """A call begins; returns its predicted end."""
+        end = now + self.latency.estimate(len(release.entries))
+        self.in_flight_until.append(end)
+        for entry in release.entries:
+            entry.dispatched_at = now
+        return end
+
+    def finished(self, predicted_end: float, size: int, seconds: float) -> None:
+        self.in_flight_until.remove(predicted_end)
+        self.latency.observe(size, seconds)
+
 
 class MicroBatcher(Generic[Item, Result]):
-    """`submit(items)` returns `run_batch`'s results for those items, computed together with
-    whatever other requests of this process queued at the same time."""
+    """`submit(items, deadline)` returns `run_batch`'s results for those items, computed together
+    with whatever other requests of this process queued at the same time."""
 
-    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int = 64,
-                 concurrent_batches: int = 1, observe_batch_size: Callable[[int], None] | None = None,
-                 max_queued: int = 1024, clock: Callable[[], float] = time.monotonic):
-        self.run_batch = run_batch
-        self.max_batch_size = max_batch_size
-        self.concurrent_batches = concurrent_batches
-        self.observe_batch_size = observe_batch_size
+    def __init__(self, run_batch: Callable[[list[Item], float], Sequence[Result]], rules: BatchQueue | None = None,
+                 observer: BatchObserver | None = None, clock: Callable[[], float] = time.monotonic):
+        self.run_batch = run_batch  # (items, the latest deadline among them) -> results
+        self.rules = rules or BatchQueue()
+        self.observer = observer
         self.clock = clock
-        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=max_queued)
+        self._changed = threading.Condition()
         self._started_in: int | None = None
-        self._start_lock = threading.Lock()
 
-    def submit(self, items: Sequence[Item], timeout: float) -> list[Result]:
-        """The results for `items`, or BatcherOverloaded at once, or BatchDeadlineExceeded after
-        `timeout` seconds."""
+    @property
+    def max_batch_size(self) -> int:
+        return self.rules.max_batch_size
+
+    def submit(self, items: Sequence[Item], deadline: float) -> list[Result]:
+        """The results for `items`; BatcherOverloaded at once; BatchDeadlineExceeded when `deadline`
+        (on this batcher's clock) passes first."""
+        return self.submit_timed(items, deadline)[0]
+
+    def submit_timed(self, items: Sequence[Item], deadline: float) -> tuple[list[Result], float]:
+        """`submit`, and when the items left the queue for the model."""
         self._ensure_loops()
-        deadline = self.clock() + timeout
-        pending = [_Pending(item) for item in items]
-        try:
-            for entry in pending:
-                self._queue.put_nowait(entry)
-        except queue.Full:
-            self._abandon(pending)
-            raise BatcherOverloaded(f"{self._queue.maxsize} examples already wait for the model") from None
+        now = self.clock()
+        request = object()
+        pending = [_Pending(item, deadline, now, request) for item in items]
+        with self._changed:
+            try:
+                self.rules.admit(pending, now)
+            except BatcherOverloaded as refused:
+                self._report_shed(refused.reason, 1)
+                raise
+            self._changed.notify_all()
         results = []
         for entry in pending:
-            if not entry.done.wait(max(0.0, deadline - self.clock())):
-                self._abandon(pending)
-                raise BatchDeadlineExceeded(f"no answer from the model within {timeout:g} s")
+            answered = entry.done.wait(max(0.0, deadline - self.clock()))
+            if not answered or self.clock() > deadline:
+                self._forget(pending)
+                raise BatchDeadlineExceeded("no answer from the model by the request's deadline")
             if entry.error is not None:
                 raise entry.error
             results.append(entry.result)
-        return results
+        return results, max(entry.dispatched_at for entry in pending)
 
-    @staticmethod
-    def _abandon(pending: list[_Pending]) -> None:
-        for entry in pending:
-            entry.abandoned = True
+    def predicted_finish(self, count: int, now: float) -> float:
+        """When `count` examples queued now would be answered."""
+        with self._changed:
+            return self.rules.predicted_finish(count, now)
+
+    def check_in_time(self, count: int, deadline: float) -> None:
+        """Raise BatcherOverloaded now if `count` examples queued now would be answered late."""
+        if self.rules.coalesce_only:
+            return
+        with self._changed:
+            now = self.clock()
+            finish = self.rules.predicted_finish(count, now)
+            if finish + self.rules.margin > deadline:
+                self._report_shed("predicted_late", 1)
+                raise BatcherOverloaded("predicted_late", _late_message(finish, deadline, now))
+
+    def _forget(self, pending: list[_Pending]) -> None:
+        """A caller gave up: its entries still queued are removed, unsent."""
+        with self._changed:
+            gone = set(map(id, pending))
+            self.rules.queued = collections.deque(e for e in self.rules.queued if id(e) not in gone)
+
+    def _report_shed(self, reason: str, requests: int) -> None:
+        if self.observer is not None and requests:
+            self.observer.shed(reason, requests)
 
     def _ensure_loops(self) -> None:
         """Loops are started lazily in the process that uses them (gunicorn forks workers)."""
         if self._started_in == os.getpid():
             return
-        with self._start_lock:
+        with self._changed:
             if self._started_in != os.getpid():
-                for index in range(self.concurrent_batches):
+                for index in range(self.rules.concurrent_batches):
                     threading.Thread(target=self._loop, name=f"micro-batcher-{index}", daemon=True).start()
                 self._started_in = os.getpid()
 
     def _loop(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [entry for entry in batch if not entry.abandoned]
-            if batch:
-                self._run(batch)
+            with self._changed:
+                while True:
+                    now = self.clock()
+                    decision = self.rules.decide(now)
+                    for entry in decision.shed:
+                        entry.fail(BatcherOverloaded("expired", "the request's deadline would pass before the model "
+                                                     "could answer it"))
+                    self._report_shed("expired", len({id(entry.request) for entry in decision.shed}))
+                    if decision.release is not None:
+                        break
+                    timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
+                    self._changed.wait(timeout)
+                release = decision.release
+                predicted_end = self.rules.started(release, now)
+            self._run(release, now)
+            with self._changed:
+                self.rules.finished(predicted_end, len(release.entries), self.clock() - now)
+                self._changed.notify_all()
 
-    def _run(self, batch: list[_Pending]) -> None:
-        if self.observe_batch_size is not None:
-            self.observe_batch_size(len(batch))
+    def _run(self, release: Release, started: float) -> None:
+        batch = release.entries
+        if self.observer is not None:
+            self.observer.released(release.reason, len(batch), self.rules.max_batch_size)
+            for entry in batch:
+                self.observer.waited(started - entry.enqueued_at)
         try:
-            results = self.run_batch([entry.item for entry in batch])
+            results = self.run_batch([entry.item for entry in batch], max(entry.deadline for entry in batch))
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
         except BaseException as error:  # noqa: BLE001 - every waiter gets the failure, the loop lives on
             for entry in batch:
-                entry.error = error
-                entry.done.set()
+                entry.fail(error)
             return
         for entry, result in zip(batch, results):
             entry.result = result

@@ -9,6 +9,7 @@ import grpc
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from service_kit import deadlines
 from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
 from service_kit.model_endpoint import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from tfserving_client import ModelServerError
@@ -86,9 +87,18 @@ def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
 
     @app.errorhandler(BatcherOverloaded)
     def overloaded(error: BatcherOverloaded):
-        log.warning("shed: %s", error)
-        return error_response(ApiError(503, "overloaded", "too many requests wait for the model; retry shortly",
-                                       {"Retry-After": str(retry_after_seconds)}))
+        # Refused before any model work: no log line each (shedding comes in floods; the
+        # model_requests_shed_total metric and nginx's log count them).
+        retry = {"Retry-After": str(retry_after_seconds)}
+        if error.reason == "queue_full":
+            return error_response(ApiError(503, "overloaded", "too many requests wait for the model; retry shortly",
+                                           retry))
+        return error_response(ApiError(503, "deadline_unreachable", f"{error}; retry shortly or allow more time "
+                                       f"({deadlines.HEADER})", retry))
+
+    @app.errorhandler(deadlines.InvalidTimeout)
+    def invalid_timeout(error: deadlines.InvalidTimeout):
+        return error_response(ApiError(400, "invalid_timeout", str(error)))
 
     @app.errorhandler(BatchDeadlineExceeded)
     def deadline_exceeded(error: BatchDeadlineExceeded):

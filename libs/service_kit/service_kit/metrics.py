@@ -41,6 +41,34 @@ MODEL_SERVER_ERRORS = Counter("model_server_errors_total", "Failed gRPC calls to
                               ["model", "method", "code"])
 MODEL_BATCH_SIZE = Histogram("model_request_batch_size", "Examples sent in one Predict call",
                              ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+# Why each batch left (service_kit.batching.RELEASE_REASONS), how full it was, how long each
+# example waited for it, and what was refused before any model work (SHED_REASONS).
+MODEL_BATCH_RELEASES = Counter("model_batch_releases_total", "Batches sent, by why they left", ["model", "reason"])
+MODEL_BATCH_FILL = Histogram("model_batch_fill_ratio", "Examples in a batch / the largest batch allowed",
+                             ["model"], buckets=(0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0))
+MODEL_QUEUE_WAIT = Histogram("model_queue_wait_seconds", "Time an example waited in the batcher's queue",
+                             ["model"], buckets=(0.0005, *_LATENCY_BUCKETS))
+MODEL_REQUESTS_SHED = Counter("model_requests_shed_total", "Requests refused before any model work, by why",
+                              ["model", "reason"])
+
+
+class BatchMetrics:
+    """service_kit.batching's observer, as Prometheus metrics of one model."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self._fill = MODEL_BATCH_FILL.labels(model)
+        self._wait = MODEL_QUEUE_WAIT.labels(model)
+
+    def released(self, reason: str, size: int, max_size: int) -> None:
+        MODEL_BATCH_RELEASES.labels(self.model, reason).inc()
+        self._fill.observe(size / max_size)
+
+    def waited(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def shed(self, reason: str, requests: int) -> None:
+        MODEL_REQUESTS_SHED.labels(self.model, reason).inc(requests)
 
 
 def observe_model_call(method: str, model: str, seconds: float, code: str) -> None:

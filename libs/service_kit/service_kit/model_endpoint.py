@@ -2,11 +2,11 @@
 encode.
 
 The base owns what every service needs around TF Serving: the micro-batcher (or none, with
-MODEL_BATCHING off), the batch-size metric, and the Predict call with the signature, version
-label, output filter and deadline. A service subclasses it with two hooks, `to_inputs` (prepared
-examples -> the signature's input tensors) and `from_outputs` (output tensors -> one result per
-example); decoding a request into examples and encoding results into an answer stay in the
-service, around `predict`.
+MODEL_BATCHING off) and its metrics, the request's deadline and timings (service_kit.deadlines),
+and the Predict call with the signature, version label, output filter and deadline. A service
+subclasses it with two hooks, `to_inputs` (prepared examples -> the signature's input tensors) and
+`from_outputs` (output tensors -> one result per example); decoding a request into examples and
+encoding results into an answer stay in the service, around `predict`.
 
 Model code says what is wrong with an input by raising an `InputError` below; it knows nothing of
 HTTP. service_kit.errors turns each into its status, in one place.
@@ -15,13 +15,14 @@ HTTP. service_kit.errors turns each into its status, in one place.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from service_kit.batching import MicroBatcher
-from service_kit.metrics import MODEL_BATCH_SIZE
+from service_kit import deadlines, metrics
+from service_kit.batching import BatcherOverloaded, BatchQueue, MicroBatcher
 from service_kit.settings import ServiceSettings
 from tfserving_client import ModelServerClient
 
@@ -71,8 +72,15 @@ class ModelEndpoint(Generic[Example, Output]):
     def __init__(self, client: ModelServerClient, settings: ServiceSettings):
         self.client = client
         self.settings = settings
-        self.batcher = MicroBatcher(self._predict_batch, settings.model_max_batch_size,
-                                    max_queued=settings.model_max_queued) if settings.model_batching else None
+        self.batcher: MicroBatcher | None = None
+        # From a request reaching the worker to its examples reaching the model's queue.
+        self.preparation = deadlines.RecentDuration()
+        if settings.model_batching != "off":
+            rules = BatchQueue(settings.model_max_batch_size, settings.model_max_queued,
+                               max_window=settings.model_batch_window_max_ms / 1000,
+                               margin=settings.model_deadline_margin_ms / 1000,
+                               coalesce_only=settings.model_batching == "coalesce")
+            self.batcher = MicroBatcher(self._predict_batch, rules, metrics.BatchMetrics(settings.model_name))
 
     def to_inputs(self, examples: list[Example]) -> dict[str, np.ndarray]:
         """A batch of prepared examples as the signature's input tensors."""
@@ -82,21 +90,49 @@ class ModelEndpoint(Generic[Example, Output]):
         """The signature's output tensors for a batch of `count` examples, one result per example."""
         raise NotImplementedError
 
+    def predicted_seconds(self, now: float) -> float:
+        """How long a request arriving now would take to be answered: preparing it, then the
+        model's queue and call (or one call's recent latency, without a batcher)."""
+        model = self.batcher.predicted_finish(1, now) - now if self.batcher is not None else 0.0
+        return self.preparation.estimate() + model
+
+    def check_in_time(self, count: int = 1) -> None:
+        """Refuse now (BatcherOverloaded), before costly preparation (segmenting, decoding), a
+        request the model's queue could not answer before its deadline (`predict` checks again)."""
+        if self.batcher is not None and self.settings.model_batching == "deadline":
+            self.batcher.check_in_time(count, deadlines.current_or_default(self.settings).deadline)
+
+    def _deadline(self, budget: deadlines.RequestBudget) -> float:
+        """The request's deadline; the older modes keep their fixed one (the model timeout, and a second)."""
+        if self.settings.model_batching == "deadline":
+            return budget.deadline
+        return budget.arrived + self.settings.model_timeout_seconds + 1
+
     def predict(self, examples: list[Example]) -> Prediction[Output]:
-        """A result for each example, batched with this worker's other requests of the moment."""
+        """A result for each example, batched with this worker's other requests of the moment,
+        within the request's deadline."""
+        budget = deadlines.current_or_default(self.settings)
+        budget.submitted = time.monotonic()
+        self.preparation.observe(budget.submitted - budget.arrived)
         if self.batcher is None:
-            answers = self._predict_batch(examples)
+            if self._deadline(budget) <= budget.submitted:
+                metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "expired").inc()
+                raise BatcherOverloaded("expired", "the request's deadline passed before the model could be asked")
+            budget.dispatched = budget.submitted
+            answers = self._predict_batch(examples, self._deadline(budget))
         else:
-            answers = self.batcher.submit(examples, timeout=self.settings.model_timeout_seconds + 1)
+            answers, budget.dispatched = self.batcher.submit_timed(examples, self._deadline(budget))
+        budget.answered = time.monotonic()
         return Prediction([output for output, _ in answers], answers[0][1])
 
-    def _predict_batch(self, examples: list[Example]) -> list[tuple[Output, int | None]]:
-        """One Predict call for a batch."""
-        MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(examples))
+    def _predict_batch(self, examples: list[Example], deadline: float) -> list[tuple[Output, int | None]]:
+        """One Predict call for a batch, given until the latest deadline among its requests."""
+        metrics.MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(examples))
         result = self.client.predict(
             self.settings.model_name, self.to_inputs(examples),
             signature_name=self.settings.model_signature, version_label=self.settings.model_version_label or None,
             output_filter=list(self.output_names) if self.output_names else None,
+            timeout_seconds=max(0.001, min(self.settings.model_timeout_seconds, deadline - time.monotonic())),
         )
         outputs = self.from_outputs(result.outputs, len(examples))
         return [(output, result.model_version) for output in outputs]

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T", bound="ServiceSettings")
 
+BATCHING_MODES = ("deadline", "coalesce", "off")
+
 
 def env(name: str, default: Any) -> Any:
     """A settings field read from the environment variable `name`."""
@@ -42,17 +44,36 @@ class ServiceSettings:
     readiness_cache_seconds: float = env("READINESS_CACHE_SECONDS", 1.0)
     retry_after_seconds: int = env("RETRY_AFTER_SECONDS", 1)
     max_body_bytes: int = env("MAX_BODY_BYTES", 1024 * 1024)
-    # Coalesce this worker's concurrent requests into one Predict call (service_kit.batching).
-    model_batching: bool = env("MODEL_BATCHING", True)
+    # How long a request may take when it does not say (X-Request-Timeout-Ms); requests that
+    # cannot be answered within their deadline are refused early with 503 (service_kit.batching).
+    request_timeout_ms: float = env("REQUEST_TIMEOUT_MS", 1000.0)
+    # How this worker's concurrent requests share Predict calls (service_kit.batching):
+    # "deadline" (each request's deadline and the model's recent latency decide when a batch
+    # leaves), "coalesce" (whatever queued goes at once, no deadline rules), "off" (a call each).
+    model_batching: str = env("MODEL_BATCHING", "deadline")
     model_max_batch_size: int = env("MODEL_MAX_BATCH_SIZE", 64)
     # Examples waiting for a batched call, per worker; past it requests are refused at once (503).
     model_max_queued: int = env("MODEL_MAX_QUEUED", 1024)
+    # The longest a batch is held for company; the batcher uses less when the model is faster.
+    model_batch_window_max_ms: float = env("MODEL_BATCH_WINDOW_MAX_MS", 25.0)
+    # Kept between a predicted answer and a deadline (time to send the answer back).
+    model_deadline_margin_ms: float = env("MODEL_DEADLINE_MARGIN_MS", 2.0)
     # nginx logs every request with its request id; the API adds a line for failures and slow
     # requests only (one JSON line per success cost ~7% of a text-api worker's CPU, bench/profile.py).
     access_log_all: bool = env("ACCESS_LOG_ALL", False)
     access_log_slow_ms: float = env("ACCESS_LOG_SLOW_MS", 1000.0)
     # gunicorn workers per instance; 0: one per CPU the machine has (containers here set 1).
     web_concurrency: int = env("WEB_CONCURRENCY", 0)
+
+    def __post_init__(self) -> None:
+        # The older boolean form still works: true is the default batcher, false no batching.
+        mode = {"1": "deadline", "true": "deadline", "yes": "deadline", "on": "deadline",
+                "0": "off", "false": "off", "no": "off", "": "off"}.get(str(self.model_batching).strip().lower(),
+                                                                     str(self.model_batching).strip().lower())
+        if mode not in BATCHING_MODES:
+            raise ValueError(f"environment variable MODEL_BATCHING: {self.model_batching!r} is not one of "
+                             f"{', '.join(BATCHING_MODES)}")
+        object.__setattr__(self, "model_batching", mode)
 
     def worker_processes(self) -> int:
         return self.web_concurrency or os.cpu_count() or 1

@@ -1,4 +1,5 @@
-// The demo page: calls the same public routes a client would, and shows each request's latency.
+// The demo page: calls the same public routes a client would, and shows each request's latency
+// and where the server spent it (Server-Timing).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +16,12 @@ async function errorText(response) {
   } catch (_) {
     return `${response.status} ${response.statusText}`;
   }
+}
+
+// The server's Server-Timing header ("queue;dur=0.4, model;dur=1.9, ...") as "queue 0.4 · model 1.9 ms".
+function serverTiming(response) {
+  const stages = [...(response.headers.get("Server-Timing") || "").matchAll(/([\w-]+);dur=([\d.]+)/g)];
+  return stages.map(([, name, ms]) => `${name} ${Number(ms).toFixed(1)}`).join(" · ");
 }
 
 $("text-form").addEventListener("submit", async (event) => {
@@ -38,6 +45,7 @@ $("text-form").addEventListener("submit", async (event) => {
   $("text-bar").style.width = `${(100 * positive).toFixed(1)}%`;
   $("text-version").textContent = answer.model_version;
   $("text-latency").textContent = latency.toFixed(0);
+  $("text-timing").textContent = serverTiming(response);
   $("text-result").hidden = false;
 });
 
@@ -101,5 +109,6 @@ $("image-form").addEventListener("submit", async (event) => {
   }
   $("image-version").textContent = response.headers.get("X-Model-Version") || "?";
   $("image-latency").textContent = latency.toFixed(0);
+  $("image-timing").textContent = serverTiming(response);
   $("image-result").hidden = false;
 });

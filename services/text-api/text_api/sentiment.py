@@ -52,6 +52,7 @@ class SentimentModel(ModelEndpoint[list[str], Sentiment]):
         return sentences
 
     def classify(self, texts: list[str]) -> SentimentBatch:
+        self.check_in_time(len(texts))  # before segmenting: refusing costs nothing yet
         prediction = self.predict(self.check_texts(texts))
         return SentimentBatch(prediction.results, prediction.model_version)
 

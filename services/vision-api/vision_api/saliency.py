@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE, mask_to_image, model_input, to_rgb8
+from service_kit import deadlines
 from service_kit.memory import ByteBudget
 from service_kit.model_endpoint import Busy, InputTooLarge, ModelEndpoint
 from tfserving_client import ModelServerClient
@@ -61,6 +62,7 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
             raise InputTooLarge("image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
                                 f"process, more than the {_mb(self.images.capacity)} MB a worker has for images; "
                                 f"at most about {self.max_pixels(header)} pixels of this kind")
+        self.check_in_time()  # before decoding: refusing costs nothing yet
         with self._reserved(self.images, needed):
             return self._mask(image_bytes, header)
 
@@ -72,7 +74,7 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
     @contextlib.contextmanager
     def _reserved(self, budget: ByteBudget, nbytes: int) -> Iterator[None]:
         try:
-            with budget.reserve(nbytes, timeout=self.settings.model_timeout_seconds):
+            with budget.reserve(nbytes, timeout=max(0.0, deadlines.current_or_default(self.settings).remaining())):
                 yield
         except TimeoutError:
             raise Busy("too many images in progress; retry shortly") from None

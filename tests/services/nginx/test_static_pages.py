@@ -89,6 +89,8 @@ def test_the_demo_page_classifies_text_and_masks_an_image(stack, browser, scene,
     visible(browser, "text-result")
     assert browser.find_element("id", "text-label").text == "NEG"
     assert int(browser.find_element("id", "text-latency").text) >= 0
+    timing = browser.find_element("id", "text-timing").text
+    assert all(f"{stage} " in timing for stage in ("preprocess", "queue", "model", "postprocess")), timing
     bar = browser.find_element("id", "text-bar").get_attribute("style")
     assert "width:" in bar.replace(" ", "")
 
@@ -107,6 +109,7 @@ def test_the_demo_page_classifies_text_and_masks_an_image(stack, browser, scene,
         "for (let i = 0; i < d.length; i += 4) n += d[i] > 127; return n / (c.width * c.height);")
     assert 0.01 < salient_share < 0.9, "the mask shows an object, not all or nothing"
     assert browser.find_element("id", "image-version").text == "1"
+    assert "model " in browser.find_element("id", "image-timing").text
     assert browser.find_element("id", "error").is_displayed() is False
     logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not logs, logs

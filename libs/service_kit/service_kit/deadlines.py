@@ -1,0 +1,118 @@
+"""Each request's deadline, and where its time went (the `Server-Timing` header).
+
+A caller states how long it will wait with `X-Request-Timeout-Ms` (clamped to MODEL_TIMEOUT_SECONDS);
+without it the service's REQUEST_TIMEOUT_MS applies. The clock starts when nginx passed the request
+on (`X-Request-Start: t=<seconds>`, nginx's $msec), so time spent waiting for a busy worker counts.
+The budget of the request being served is in a context variable (one per greenlet under gevent),
+so model code finds it without knowing HTTP.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import math
+import time
+
+from service_kit.settings import ServiceSettings
+
+HEADER = "X-Request-Timeout-Ms"
+START_HEADER = "X-Request-Start"
+# A stamp further off than this is a clock problem, not a wait: ignored.
+_PLAUSIBLE_WAIT_SECONDS = 60.0
+
+_current: contextvars.ContextVar[RequestBudget | None] = contextvars.ContextVar("request_budget", default=None)
+
+
+class InvalidTimeout(ValueError):
+    """The timeout header is not a positive number of milliseconds."""
+
+
+@dataclasses.dataclass
+class RequestBudget:
+    """Times on time.monotonic's clock: when nginx passed the request on, when it reached this
+    worker, when it must be answered by, and when it reached the model's queue, left it, and had its
+    answer."""
+
+    received: float
+    deadline: float
+    arrived: float = 0.0
+    submitted: float | None = None
+    dispatched: float | None = None
+    answered: float | None = None
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.deadline - (time.monotonic() if now is None else now)
+
+    def server_timing(self, finished: float) -> str:
+        """`queue`, `preprocess`, `model`, `postprocess` and `total`, in ms; the stages a request
+        did not reach are left out."""
+        stages = [("preprocess", self.arrived, self.submitted), ("queue", self.submitted, self.dispatched),
+                  ("model", self.dispatched, self.answered), ("postprocess", self.answered, finished),
+                  ("total", self.arrived, finished)]
+        return ", ".join(f"{name};dur={1000 * (end - start):.2f}" for name, start, end in stages
+                         if start is not None and end is not None)
+
+
+def timeout_seconds(header: str | None, settings: ServiceSettings) -> float:
+    """The request's own timeout, or the service's default; at most MODEL_TIMEOUT_SECONDS."""
+    if header is None:
+        return min(settings.request_timeout_ms / 1000, settings.model_timeout_seconds)
+    try:
+        milliseconds = float(header)
+    except ValueError:
+        raise InvalidTimeout(f"{HEADER} must be a number of milliseconds, not {header[:40]!r}") from None
+    if not math.isfinite(milliseconds) or milliseconds <= 0:
+        raise InvalidTimeout(f"{HEADER} must be a positive number of milliseconds")
+    return min(milliseconds / 1000, settings.model_timeout_seconds)
+
+
+def waited_before(start_header: str | None) -> float:
+    """Seconds since nginx passed the request on (`t=<seconds since the epoch>`); 0 if unknown."""
+    if not start_header or not start_header.startswith("t="):
+        return 0.0
+    try:
+        waited = time.time() - float(start_header[2:])
+    except ValueError:
+        return 0.0
+    return waited if 0.0 <= waited < _PLAUSIBLE_WAIT_SECONDS else 0.0
+
+
+def begin(header: str | None, settings: ServiceSettings, start_header: str | None = None) -> contextvars.Token:
+    """Start the budget of the request being served (InvalidTimeout for a bad header)."""
+    now = time.monotonic()
+    received = now - waited_before(start_header)
+    return _current.set(RequestBudget(received, received + timeout_seconds(header, settings), arrived=now))
+
+
+def end(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+def current() -> RequestBudget | None:
+    return _current.get()
+
+
+def current_or_default(settings: ServiceSettings) -> RequestBudget:
+    """The request's budget; outside a request (scripts, tests), one with the service's default."""
+    budget = _current.get()
+    if budget is None:
+        now = time.monotonic()
+        budget = RequestBudget(now, now + timeout_seconds(None, settings), arrived=now)
+    return budget
+
+
+class RecentDuration:
+    """How long a stage takes now: a recent mean plus four mean deviations (TCP's retransmission
+    timer), so that a request let in on it rarely runs past its deadline when durations vary."""
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.deviation = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.deviation += 0.25 * (abs(seconds - self.mean) - self.deviation)
+        self.mean += 0.125 * (seconds - self.mean)
+
+    def estimate(self) -> float:
+        return self.mean + 4 * self.deviation
