@@ -16,21 +16,6 @@ projects=$(dirname libs/*/pyproject.toml client/pyproject.toml services/*/pyproj
 want=$( (cat requirements/*.txt services/*requirements.txt services/*/requirements.txt; for p in $projects; do cat "$p/pyproject.toml"; done) \
   | sha256sum | cut -d' ' -f1)
 
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "bootstrap: installing Python packages into $VENV (first run: about 2 minutes)"
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  # Every service's runtime packages with the tools: one resolution, so their pins must agree.
-  service_requirements=()
-  for file in services/*/requirements.txt; do service_requirements+=(-r "$file"); done
-  "$VENV/bin/pip" install --quiet -r requirements/dev.txt "${service_requirements[@]}"
-  "$VENV/bin/pip" install --quiet --no-deps -r requirements/model-server-no-deps.txt
-  # The repository's own projects, editable so that the tree is what runs (no PYTHONPATH anywhere).
-  # shellcheck disable=SC2086
-  for project in $projects; do "$VENV/bin/pip" install --quiet --no-deps -e "$project"; done
-  echo "$want" > "$stamp"
-fi
-
 # Debian packages compose v2 (the Go plugin, `docker compose`) and a kubectl with kustomize v5 from
 # trixie on; their binaries need only libc >= 2.34, so they install on bookworm too. The suite is
 # added from this machine's own mirror, pinned low so that nothing else is taken from it (the file
@@ -54,6 +39,9 @@ add_newer_suite() {
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+# A compiler and Python's headers: gunicorn_h1c (gunicorn's C HTTP parser) comes as source only.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+[ -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || missing+=(python3-dev)
 if [ "${1:-}" = --for-tests ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
@@ -78,8 +66,25 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "bootstrap: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
-    [[ " ${missing[*]} " == *" nginx "* ]] && exit 1  # the stack needs nginx; the rest is for bench and tests
+    # the stack needs nginx and the compiler; the rest is for bench and tests
+    [[ " ${missing[*]} " =~ " "(nginx|gcc|python3-dev)" " ]] && exit 1
   fi
+fi
+
+# Python packages, after the Debian ones: gunicorn's C parser (gunicorn_h1c) is built from source.
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing Python packages into $VENV (first run: about 2 minutes)"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  # Every service's runtime packages with the tools: one resolution, so their pins must agree.
+  service_requirements=()
+  for file in services/*/requirements.txt; do service_requirements+=(-r "$file"); done
+  "$VENV/bin/pip" install --quiet -r requirements/dev.txt "${service_requirements[@]}"
+  "$VENV/bin/pip" install --quiet --no-deps -r requirements/model-server-no-deps.txt
+  # The repository's own projects, editable so that the tree is what runs (no PYTHONPATH anywhere).
+  # shellcheck disable=SC2086
+  for project in $projects; do "$VENV/bin/pip" install --quiet --no-deps -e "$project"; done
+  echo "$want" > "$stamp"
 fi
 
 # `kubectl kustomize` with kustomize v5 builds k8s/ in its tests: Debian's kubectl, from trixie (bookworm's

@@ -5,6 +5,17 @@
 # The base image is a build argument so that a test can point it elsewhere; users build on the
 # official image.
 ARG PYTHON_IMAGE=python:3.11-slim
+
+# gunicorn's C HTTP parser (gunicorn_h1c) is published as source only: it is compiled here, and
+# the image below gets its wheel, not the compiler.
+FROM ${PYTHON_IMAGE} AS c-extensions
+# The compiler of the base image's Debian, whatever its version: it builds one wheel and is not shipped.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY services/api-requirements.txt /tmp/
+RUN grep -i '^gunicorn.h1c==' /tmp/api-requirements.txt > /tmp/c-extensions.txt \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels -r /tmp/c-extensions.txt
+
 FROM ${PYTHON_IMAGE}
 ARG SERVICE
 
@@ -17,7 +28,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # with `-r ../api-requirements.txt`, so both keep their places.
 COPY services/api-requirements.txt /tmp/services/
 COPY services/${SERVICE}/requirements.txt /tmp/services/${SERVICE}/
-RUN pip install --no-cache-dir -r /tmp/services/${SERVICE}/requirements.txt && rm -rf /tmp/services
+COPY --from=c-extensions /wheels /tmp/wheels
+RUN pip install --no-cache-dir --find-links /tmp/wheels --only-binary gunicorn-h1c \
+        -r /tmp/services/${SERVICE}/requirements.txt \
+    && rm -rf /tmp/services /tmp/wheels
 
 # The project's shared libraries (their dependencies are pinned in requirements.txt above).
 COPY libs/ /tmp/libs/

@@ -52,7 +52,8 @@ STAND_INS = (
         official="python:3.11-slim",
         build_arg="PYTHON_IMAGE",
         suite="bookworm",  # its python3 is 3.11, as the official image's
-        packages=("python3", "python3-pip", "python-is-python3", "ca-certificates"),
+        # python3-dev: the official image carries Python's headers (the API image compiles a C extension).
+        packages=("python3", "python3-pip", "python3-dev", "python-is-python3", "ca-certificates"),
         # Debian marks its python externally managed; the official image's pip installs freely.
         finish="rm -f /usr/lib/python3.*/EXTERNALLY-MANAGED",
         changes=("ENV LANG=C.UTF-8", 'CMD ["python3"]'),

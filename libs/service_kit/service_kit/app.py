@@ -13,6 +13,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 
 from service_kit import deadlines, metrics
 from service_kit.errors import register_error_handlers
+from service_kit.json_provider import OrjsonProvider
 from service_kit.model_endpoint import ModelEndpoint
 from service_kit.settings import ServiceSettings
 from tfserving_client import ModelServerClient, ModelServerError
@@ -26,8 +27,7 @@ def create_service_app(import_name: str, settings: ServiceSettings,
     """A Flask app with the shared routes; the service registers its own blueprint on it."""
     app = Flask(import_name)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.ensure_ascii = False  # Chinese labels and messages stay readable
-    app.json.sort_keys = False
+    app.json = OrjsonProvider(app)  # Chinese labels and messages stay readable; keys keep their order
     app.extensions["settings"] = settings
     app.extensions["model_client"] = client or ModelServerClient(
         settings.tfserving_address,

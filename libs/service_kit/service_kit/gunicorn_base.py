@@ -55,6 +55,9 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 # of a mid-sized image with a bare 414 that is not JSON.
 limit_request_line = 0
 limit_request_field_size = 0
+# gunicorn's C parser (gunicorn_h1c, picohttpparser) when installed, as the API images have it;
+# "python" for gunicorn's own.
+http_parser = os.environ.get("GUNICORN_HTTP_PARSER", "auto")
 # Workers build the app themselves, after gevent has patched them (see service_kit.worker).
 preload_app = False
 # Several instances run side by side in local mode; the control socket would be shared.
