@@ -3,9 +3,12 @@ each, alternated (A B A B ...) so that drift in the machine's speed falls on bot
 change that must not cost throughput (a refactor): before and after, same run.
 
     .venv/bin/python -m bench.compare BEFORE_CHECKOUT AFTER_CHECKOUT [--rounds 2] [--out FILE.md]
+    .venv/bin/python -m bench.compare BEFORE AFTER --http-ceiling   # and each one's HTTP ceiling
 
 Each checkout runs its own local stack (`python -m local_stack up` with its own .venv: run its
-scripts/bootstrap.sh first) on a free port, exactly as `./stack up` starts it.
+scripts/bootstrap.sh first) on a free port, exactly as `./stack up` starts it. `--http-ceiling`
+adds the /lstm cell at 100 connections with text-api answering a constant (bench.constant_app, as
+bench.run's http-ceiling variant), started through that checkout's own bench.run.stack.
 """
 
 from __future__ import annotations
@@ -50,12 +53,50 @@ def checkout_stack(checkout: Path, work: Path) -> Iterator[str]:
         process.wait(60)
 
 
-def measure(checkout: Path, label: str, seconds: int, work: Path) -> list[Cell]:
+# The checkout's own bench.run.stack with the constant app; prints its URL, holds until stdin closes.
+CEILING_STACK = """
+import sys
+from pathlib import Path
+from bench.run import stack
+from local_stack.topology import free_port
+with stack(Path(sys.argv[1]), free_port(), text_app="bench.constant_app:create_app()") as (url, _, _):
+    print("url", url, flush=True)
+    sys.stdin.read()
+"""
+CEILING_CELL = ("/lstm", "lstm_post.lua", 100)
+CEILING_ROUTE = "/lstm (HTTP ceiling)"
+
+
+@contextlib.contextmanager
+def checkout_ceiling_stack(checkout: Path, work: Path) -> Iterator[str]:
+    run_dir = work / f"ceiling-{free_port()}"
+    process = subprocess.Popen([str(checkout / ".venv" / "bin" / "python"), "-c", CEILING_STACK, str(run_dir)],
+                               cwd=checkout, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("url "):
+                yield line.split()[1]
+                break
+        else:
+            raise RuntimeError(f"{checkout}: the HTTP-ceiling stack did not start")
+    finally:
+        process.stdin.close()
+        process.wait(120)
+
+
+def measure(checkout: Path, label: str, seconds: int, work: Path, http_ceiling: bool) -> list[Cell]:
     images = {"IMAGES": ",".join(str(p) for p in sorted(IMAGES_DIR.iterdir()))}
     cells = []
     with checkout_stack(checkout, work) as url:
         for route, script, connections in CELLS:
             cells.append(run_wrk(Cell(label, route, connections, seconds), url + route, script, [], images))
+    if http_ceiling:
+        route, script, connections = CEILING_CELL
+        with checkout_ceiling_stack(checkout, work) as url:
+            cell = run_wrk(Cell(label, route, connections, seconds), url + route, script, [])
+            cell.route = CEILING_ROUTE
+            cells.append(cell)
     return cells
 
 
@@ -64,9 +105,11 @@ def report(cells: list[Cell], before: Path, after: Path, command: str) -> str:
              "rounds alternate the two checkouts; each cell is the median of its rounds.", "",
              "| route | connections | before req/s | after req/s | after / before | before p99 ms | after p99 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for route, _, connections in CELLS:
+    for route, _, connections in (*CELLS, (CEILING_ROUTE, "", CEILING_CELL[2])):
         picked = {label: [c for c in cells if (c.variant, c.route, c.connections) == (label, route, connections)]
                   for label in ("before", "after")}
+        if not all(picked.values()):
+            continue
         rps = {label: statistics.median(c.rps for c in found) for label, found in picked.items()}
         p99 = {label: statistics.median(c.p99_ms for c in found) for label, found in picked.items()}
         failed = sum(c.failed for found in picked.values() for c in found)
@@ -83,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the table here as well")
+    parser.add_argument("--http-ceiling", action="store_true", help="and each checkout's HTTP ceiling")
     args = parser.parse_args(argv)
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as work:
         for round_number in range(args.rounds):
             for label, checkout in (("before", args.before), ("after", args.after)):
                 say(f"round {round_number + 1}: {label} ({checkout})")
-                cells += measure(checkout.resolve(), label, args.seconds, Path(work))
+                cells += measure(checkout.resolve(), label, args.seconds, Path(work), args.http_ceiling)
     command = " ".join([".venv/bin/python -m bench.compare", *(argv if argv is not None else sys.argv[1:])])
     table = report(cells, args.before, args.after, command)
     print(table)
