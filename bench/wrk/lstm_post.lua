@@ -20,10 +20,14 @@ setup = function(thread)
   table.insert(threads, thread)
 end
 
+-- DEADLINE_MS, when set, is sent as each request's X-Request-Timeout-Ms.
+local headers = {["Content-Type"] = "application/json"}
+if os.getenv("DEADLINE_MS") then headers["X-Request-Timeout-Ms"] = os.getenv("DEADLINE_MS") end
+
 request = function()
   counter = counter + 1
   local line = sentences[(counter % #sentences) + 1]
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, '{"line": "' .. line .. '"}')
+  return wrk.format("POST", nil, headers, '{"line": "' .. line .. '"}')
 end
 
 response = function(status, headers, body)
