@@ -57,6 +57,14 @@ def test_when_calls_vary_predictions_leave_room_for_it():
     assert varied.estimate(8) > 2 * MS + 3 * MS  # four mean errors of ~1 ms on top
 
 
+def test_an_error_margin_no_call_renews_fades():
+    model = learnt(2 * MS, 0)
+    for seconds in [1 * MS, 3 * MS] * 20:
+        model.observe(8, seconds, now=50.0)
+    assert model.estimate(8, now=50.0) > 5 * MS
+    assert model.estimate(8, now=51.0) == pytest.approx(model.fit(8), abs=0.01 * MS)  # ten half-lives later
+
+
 def test_the_window_follows_the_models_latency_up_to_its_cap():
     assert BatchQueue(max_window=5 * MS, latency=learnt(2 * MS, 0)).window() == pytest.approx(2 * MS)
     assert BatchQueue(max_window=5 * MS, latency=learnt(20 * MS, 0)).window() == 5 * MS
@@ -126,7 +134,7 @@ def test_a_queued_request_that_can_no_longer_make_it_is_dropped_before_the_call(
     end = queue.started(in_flight, 10.0)
     arrivals(queue, [10.001], deadline_after=25 * MS)  # admitted: predicted 10.020 + margin < 10.026
     arrivals(queue, [10.001], deadline_after=1.0)
-    queue.finished(end, 1, 20 * MS)  # the call took 20 ms, not 10: it is 10.020 now
+    queue.finished(end, 1, 20 * MS, 10.020)  # the call took 20 ms, not 10: it is 10.020 now
     decision = queue.decide(10.020)
     assert [e.deadline for e in decision.shed] == [pytest.approx(10.026)]  # 10.020 + ~13 ms > 10.026
     assert [e.deadline for e in decision.release.entries] == [pytest.approx(11.001)]

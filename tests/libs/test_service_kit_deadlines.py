@@ -44,14 +44,15 @@ def test_server_timing_names_the_stages_a_request_reached():
     assert refused.server_timing(10.0005) == "total;dur=0.50"
 
 
-def test_a_recent_duration_allows_for_how_much_durations_vary():
+def test_a_recent_duration_allows_for_how_much_durations_vary_and_fades_unrenewed():
     steady, varied = deadlines.RecentDuration(), deadlines.RecentDuration()
     for seconds in [0.010] * 50:
-        steady.observe(seconds)
+        steady.observe(seconds, now=7.0)
     for seconds in [0.005, 0.015] * 25:
-        varied.observe(seconds)
-    assert steady.estimate() == pytest.approx(0.010, rel=0.01)
-    assert varied.estimate() > 0.025
+        varied.observe(seconds, now=7.0)
+    assert steady.estimate(7.0) == pytest.approx(0.010, rel=0.01)
+    assert varied.estimate(7.0) > 0.025
+    assert steady.estimate(7.0 + deadlines.FADE_HALF_LIFE) == pytest.approx(0.005, rel=0.01)
 
 
 class Counting:
@@ -87,6 +88,17 @@ def test_a_request_that_waited_past_its_deadline_is_refused_before_flask_sees_it
     assert seen.calls == 1, "refused before the view, and before Flask's hooks"
     for path in ("/healthz", "/metrics"):
         assert client.get(path, headers=stamp(5)).status_code == 200, "probes are never refused"
+
+
+def test_a_burst_of_slow_requests_does_not_lock_the_worker_out():
+    app, seen = app_with_a_model_route()
+    client = app.test_client()
+    preparation = app.extensions["the_model"].preparation
+    for _ in range(3):
+        preparation.observe(1.0, time.monotonic())  # a burst: preparing took a second
+    assert client.post("/model", headers=stamp(0.001)).status_code == 503
+    preparation.observe(1.0, time.monotonic() - 2.0)  # ... two seconds ago, and nothing let in since
+    assert client.post("/model", headers=stamp(0.001)).status_code == 200 and seen.calls == 1
 
 
 def test_the_older_batching_modes_refuse_nothing_on_arrival():

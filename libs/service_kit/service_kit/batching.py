@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from service_kit.deadlines import fade
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -89,8 +91,10 @@ class LatencyModel:
         self._sums = [0.0] * 5  # weight, weight*n, weight*n*n, weight*y, weight*n*y
         self.fixed, self.per_example = initial_seconds, 0.0
         self.error = 0.0
+        self._observed_at = 0.0
 
-    def observe(self, size: int, seconds: float) -> None:
+    def observe(self, size: int, seconds: float, now: float = 0.0) -> None:
+        self._observed_at = now
         if self._sums[0]:
             self.error += 0.25 * (abs(seconds - self.fit(size)) - self.error)
         w, wn, wnn, wy, wny = (s * self.decay for s in self._sums)
@@ -106,8 +110,13 @@ class LatencyModel:
     def fit(self, size: int) -> float:
         return self.fixed + self.per_example * size
 
-    def estimate(self, size: int) -> float:
-        return self.fit(size) + 4 * self.error
+    def estimate(self, size: int, now: float | None = None) -> float:
+        """The fit and its error margin; the margin fades when no call has renewed it since `now`
+        (deadlines.fade): a burst of slow calls cannot keep every request out for ever."""
+        margin = 4 * self.error
+        if now is not None:
+            margin *= fade(now - self._observed_at)
+        return self.fit(size) + margin
 
 
 class _Pending(Generic[Item, Result]):
@@ -192,7 +201,8 @@ class BatchQueue:
         ahead = len(self.queued)
         full_batches, rest = divmod(ahead, self.max_batch_size)
         own = min(self.max_batch_size, rest + count)
-        return start + full_batches * self.latency.estimate(self.max_batch_size) + self.latency.estimate(own)
+        return (start + full_batches * self.latency.estimate(self.max_batch_size, now)
+                + self.latency.estimate(own, now))
 
     def decide(self, now: float) -> Decision:
         decision = Decision()
@@ -207,7 +217,7 @@ class BatchQueue:
         size = min(self.max_batch_size, len(self.queued))
         kept = collections.deque()
         for entry in self.queued:
-            if now + self.latency.estimate(size) + self.margin > entry.deadline + _EPSILON:
+            if now + self.latency.estimate(size, now) + self.margin > entry.deadline + _EPSILON:
                 decision.shed.append(entry)
             else:
                 kept.append(entry)
@@ -216,7 +226,7 @@ class BatchQueue:
             return decision
         size = min(self.max_batch_size, len(self.queued))
         batch_view = list(self.queued)[:size]
-        latest_start = min(entry.deadline for entry in batch_view) - self.latency.estimate(size) - self.margin
+        latest_start = min(entry.deadline for entry in batch_view) - self.latency.estimate(size, now) - self.margin
         window_ends = batch_view[0].enqueued_at + self.window()
         if size == self.max_batch_size:
             reason = "full"
@@ -234,15 +244,15 @@ class BatchQueue:
 
     def started(self, release: Release, now: float) -> float:
         """A call begins; returns its predicted end."""
-        end = now + self.latency.estimate(len(release.entries))
+        end = now + self.latency.estimate(len(release.entries), now)
         self.in_flight_until.append(end)
         for entry in release.entries:
             entry.dispatched_at = now
         return end
 
-    def finished(self, predicted_end: float, size: int, seconds: float) -> None:
+    def finished(self, predicted_end: float, size: int, seconds: float, now: float) -> None:
         self.in_flight_until.remove(predicted_end)
-        self.latency.observe(size, seconds)
+        self.latency.observe(size, seconds, now)
 
 
 class MicroBatcher(Generic[Item, Result]):
@@ -345,7 +355,8 @@ class MicroBatcher(Generic[Item, Result]):
                 predicted_end = self.rules.started(release, now)
             self._run(release, now)
             with self._changed:
-                self.rules.finished(predicted_end, len(release.entries), self.clock() - now)
+                ended = self.clock()
+                self.rules.finished(predicted_end, len(release.entries), ended - now, ended)
                 self._changed.notify_all()
 
     def _run(self, release: Release, started: float) -> None:

@@ -104,15 +104,29 @@ def current_or_default(settings: ServiceSettings) -> RequestBudget:
 
 class RecentDuration:
     """How long a stage takes now: a recent mean plus four mean deviations (TCP's retransmission
-    timer), so that a request let in on it rarely runs past its deadline when durations vary."""
+    timer), so that a request let in on it rarely runs past its deadline when durations vary.
+
+    Only the requests let in renew it; so that a burst cannot make it refuse everything for ever
+    (nothing let in, nothing to correct it), an estimate not renewed fades, by half every
+    `FADE_HALF_LIFE` seconds."""
 
     def __init__(self) -> None:
         self.mean = 0.0
         self.deviation = 0.0
+        self._observed_at = 0.0
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, now: float) -> None:
         self.deviation += 0.25 * (abs(seconds - self.mean) - self.deviation)
         self.mean += 0.125 * (seconds - self.mean)
+        self._observed_at = now
 
-    def estimate(self) -> float:
-        return self.mean + 4 * self.deviation
+    def estimate(self, now: float) -> float:
+        return (self.mean + 4 * self.deviation) * fade(now - self._observed_at)
+
+
+FADE_HALF_LIFE = 0.1
+
+
+def fade(seconds_unrenewed: float) -> float:
+    """The weight left to an estimate that nothing has renewed for this long."""
+    return 0.5 ** (max(0.0, seconds_unrenewed) / FADE_HALF_LIFE)

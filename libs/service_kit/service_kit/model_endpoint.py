@@ -94,7 +94,7 @@ class ModelEndpoint(Generic[Example, Output]):
         """How long a request arriving now would take to be answered: preparing it, then the
         model's queue and call (or one call's recent latency, without a batcher)."""
         model = self.batcher.predicted_finish(1, now) - now if self.batcher is not None else 0.0
-        return self.preparation.estimate() + model
+        return self.preparation.estimate(now) + model
 
     def check_in_time(self, count: int = 1) -> None:
         """Refuse now (BatcherOverloaded), before costly preparation (segmenting, decoding), a
@@ -113,7 +113,7 @@ class ModelEndpoint(Generic[Example, Output]):
         within the request's deadline."""
         budget = deadlines.current_or_default(self.settings)
         budget.submitted = time.monotonic()
-        self.preparation.observe(budget.submitted - budget.arrived)
+        self.preparation.observe(budget.submitted - budget.arrived, budget.submitted)
         if self.batcher is None:
             if self._deadline(budget) <= budget.submitted:
                 metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "expired").inc()
