@@ -21,12 +21,13 @@ from service_kit.batching import (
 MS = 0.001
 
 
-def learnt(fixed: float, per_example: float) -> LatencyModel:
-    """A latency model that has seen calls of several sizes cost fixed + per_example x size."""
+def learnt(fixed: float, per_example: float, at: float = 10.0) -> LatencyModel:
+    """A latency model that has seen calls of several sizes cost fixed + per_example x size, the
+    last one at time `at` (estimates fade when no call renews them)."""
     model = LatencyModel()
     for _ in range(30):  # long enough for the early misfits to be forgotten
         for size in (1, 8, 32, 64):
-            model.observe(size, fixed + per_example * size)
+            model.observe(size, fixed + per_example * size, at)
     return model
 
 
@@ -58,7 +59,7 @@ def test_when_calls_vary_predictions_leave_room_for_it():
 
 
 def test_an_error_margin_no_call_renews_fades():
-    model = learnt(2 * MS, 0)
+    model = learnt(2 * MS, 0, at=50.0)
     for seconds in [1 * MS, 3 * MS] * 20:
         model.observe(8, seconds, now=50.0)
     assert model.estimate(8, now=50.0) > 5 * MS
@@ -103,15 +104,21 @@ def test_a_full_batch_leaves_without_waiting():
 
 
 def test_a_batch_leaves_early_when_waiting_would_make_its_most_urgent_member_late():
-    queue = BatchQueue(max_window=5 * MS, margin=1 * MS, latency=learnt(4 * MS, 0))  # window 4 ms
+    queue = BatchQueue(max_window=5 * MS, margin=1 * MS, latency=learnt(4 * MS, 0, at=10.0205))  # window 4 ms
     arrivals(queue, [10.0 + i * 0.5 * MS for i in range(40)], deadline_after=1.0)
     queue.queued.clear()
     arrivals(queue, [10.0205], deadline_after=1.0)
     arrivals(queue, [10.0205], deadline_after=6 * MS)  # must start by 10.0215 (4 ms call, 1 ms margin)
     decision = queue.decide(10.0205)
     assert decision.release is None and decision.wake_at == pytest.approx(10.0215)
-    decision = queue.decide(decision.wake_at)
+    now = decision.wake_at
+    for _ in range(10):  # the estimate fades a little as time passes: the latest start moves a little
+        decision = queue.decide(now)
+        if decision.release is not None:
+            break
+        now = decision.wake_at
     assert decision.release.reason == "deadline" and len(decision.release.entries) == 2
+    assert now == pytest.approx(10.0215, abs=0.1 * MS)
 
 
 def test_a_request_that_would_be_late_is_refused_before_it_is_queued():
@@ -196,7 +203,7 @@ def test_a_request_that_cannot_make_its_deadline_never_reaches_the_model():
         release.wait(10)
         return items
 
-    rules = BatchQueue(latency=learnt(50 * MS, 0))
+    rules = BatchQueue(latency=learnt(50 * MS, 0, at=clock.now))
     batcher = MicroBatcher(model, rules, clock=clock)
     first = threading.Thread(target=batcher.submit, args=([1], clock.now + 10))
     first.start()

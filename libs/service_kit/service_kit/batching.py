@@ -82,16 +82,16 @@ class BatchObserver(Protocol):
 
 class LatencyModel:
     """Seconds of a model call as fixed + per_example x size, fitted by least squares over recent
-    calls (each older call weighs `decay` times less), plus four times the recent mean error of
-    that fit: when calls vary (a busy machine), predictions leave room for it, as TCP's
-    retransmission timer does."""
+    calls (each older call weighs `decay` times less: a few calls follow a change), plus four
+    times the recent mean error of that fit: when calls vary (a busy machine), predictions leave
+    room for it, as TCP's retransmission timer does."""
 
-    def __init__(self, decay: float = 0.95, initial_seconds: float = 0.005):
+    def __init__(self, decay: float = 0.8, initial_seconds: float = 0.005):
         self.decay = decay
         self._sums = [0.0] * 5  # weight, weight*n, weight*n*n, weight*y, weight*n*y
         self.fixed, self.per_example = initial_seconds, 0.0
         self.error = 0.0
-        self._observed_at = 0.0
+        self._observed_at: float | None = None  # the initial guess does not fade
 
     def observe(self, size: int, seconds: float, now: float = 0.0) -> None:
         self._observed_at = now
@@ -111,10 +111,10 @@ class LatencyModel:
         return self.fixed + self.per_example * size
 
     def estimate(self, size: int, now: float | None = None) -> float:
-        """The fit and its error margin; the margin fades when no call has renewed it since `now`
-        (deadlines.fade): a burst of slow calls cannot keep every request out for ever."""
+        """The fit and its error margin; given `now`, the margin fades when no call has renewed it
+        (deadlines.fade): a burst of uneven calls must not keep every request out for ever."""
         margin = 4 * self.error
-        if now is not None:
+        if now is not None and self._observed_at is not None:
             margin *= fade(now - self._observed_at)
         return self.fit(size) + margin
 

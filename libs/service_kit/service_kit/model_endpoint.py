@@ -65,6 +65,10 @@ class Prediction(Generic[Output]):
     model_version: int | None  # the version that answered
 
 
+# With nothing let in for this long, the next request is (see ModelEndpoint.predicted_seconds).
+PROBE_SECONDS = 0.05
+
+
 class ModelEndpoint(Generic[Example, Output]):
     # The outputs to ask for (Predict's output_filter); None: every output of the signature.
     output_names: tuple[str, ...] | None = None
@@ -75,6 +79,7 @@ class ModelEndpoint(Generic[Example, Output]):
         self.batcher: MicroBatcher | None = None
         # From a request reaching the worker to its examples reaching the model's queue.
         self.preparation = deadlines.RecentDuration()
+        self._last_let_in: float | None = None  # when a request last reached the model's queue
         if settings.model_batching != "off":
             rules = BatchQueue(settings.model_max_batch_size, settings.model_max_queued,
                                max_window=settings.model_batch_window_max_ms / 1000,
@@ -92,14 +97,23 @@ class ModelEndpoint(Generic[Example, Output]):
 
     def predicted_seconds(self, now: float) -> float:
         """How long a request arriving now would take to be answered: preparing it, then the
-        model's queue and call (or one call's recent latency, without a batcher)."""
+        model's queue and call. When no request has been let in for PROBE_SECONDS, 0: one is let
+        in whatever the estimates say, so that its call renews them (a circuit breaker's half-open
+        state); estimates renewed only by the requests they let in could otherwise, after an
+        overload, keep out a light load for good (measured: 30% of a 25% load refused)."""
+        if self._probing(now):
+            return 0.0
         model = self.batcher.predicted_finish(1, now) - now if self.batcher is not None else 0.0
         return self.preparation.estimate(now) + model
+
+    def _probing(self, now: float) -> bool:
+        return self._last_let_in is not None and now - self._last_let_in > PROBE_SECONDS
 
     def check_in_time(self, count: int = 1) -> None:
         """Refuse now (BatcherOverloaded), before costly preparation (segmenting, decoding), a
         request the model's queue could not answer before its deadline (`predict` checks again)."""
-        if self.batcher is not None and self.settings.model_batching == "deadline":
+        if self.batcher is not None and self.settings.model_batching == "deadline" \
+                and not self._probing(time.monotonic()):
             self.batcher.check_in_time(count, deadlines.current_or_default(self.settings).deadline)
 
     def _deadline(self, budget: deadlines.RequestBudget) -> float:
@@ -112,7 +126,7 @@ class ModelEndpoint(Generic[Example, Output]):
         """A result for each example, batched with this worker's other requests of the moment,
         within the request's deadline."""
         budget = deadlines.current_or_default(self.settings)
-        budget.submitted = time.monotonic()
+        budget.submitted = self._last_let_in = time.monotonic()
         self.preparation.observe(budget.submitted - budget.arrived, budget.submitted)
         if self.batcher is None:
             if self._deadline(budget) <= budget.submitted:
