@@ -28,7 +28,6 @@ import requests
 
 from bench.run import REPO_ROOT, WRK_DIR, Cell, parse_wrk, raise_file_limit, run_wrk, say, stack
 from local_stack import topology
-from text_api.settings import TextApiSettings
 
 CONNECTIONS = 40
 
@@ -83,12 +82,8 @@ def paced_minute(url: str, delay_ms: float, seconds: float) -> Cell:
     cell = Cell("soak", "/lstm", CONNECTIONS, seconds)
     command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout=10s", "--latency", "-s",
                str(WRK_DIR / "lstm_paced.lua"), url + "/lstm"]
-    # The soak asks whether anything is lost or piles up, not about deadlines: its requests wait as
-    # long as the service lets any wait (a recycle leaves an instance without a worker for about a
-    # second, bench/results/soak-recycling.md; the default deadline is 1 s).
-    longest_ms = int(1000 * TextApiSettings().model_timeout_seconds)
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
-                            env={**os.environ, "DELAY_MS": str(int(delay_ms)), "DEADLINE_MS": str(longest_ms)})
+                            env={**os.environ, "DELAY_MS": str(int(delay_ms))})
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stderr}")
     return parse_wrk(result.stdout, cell)

@@ -61,7 +61,7 @@ class Counting:
 
 
 def app_with_a_model_route(batching: str = "deadline"):
-    settings = ServiceSettings(model_name="m", model_batching=batching)
+    settings = ServiceSettings(model_name="m", model_batching=batching, request_timeout_ms=1000.0)
     app = create_service_app(__name__, settings, client=object())
     app.extensions["the_model"] = ModelEndpoint(object(), settings)  # its queue is empty: ~5 ms a call
     seen = Counting()

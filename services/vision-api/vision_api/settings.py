@@ -27,9 +27,6 @@ class VisionApiSettings(ServiceSettings):
     image_memory_budget_mb: int = env("IMAGE_MEMORY_BUDGET_MB", 0)
     # PNG compression of the returned mask: 1 is several times faster than 9 and barely larger.
     png_compression: int = env("PNG_COMPRESSION", 1)
-    # Large images take seconds to decode and wait for memory: a request may take up to the model
-    # timeout unless it says otherwise (X-Request-Timeout-Ms).
-    request_timeout_ms: float = env("REQUEST_TIMEOUT_MS", 10_000.0)
     # A 320x320 float image is 1.2 MB on the wire: keep one batched call well under 64 MB.
     model_max_batch_size: int = env("MODEL_MAX_BATCH_SIZE", 8)
 
