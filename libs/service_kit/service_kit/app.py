@@ -12,7 +12,7 @@ import uuid
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from service_kit import deadlines, metrics
-from service_kit.errors import register_error_handlers
+from service_kit.errors import DEADLINE_ADVICE, error_body, register_error_handlers
 from service_kit.json_provider import OrjsonProvider
 from service_kit.model_endpoint import ModelEndpoint
 from service_kit.settings import ServiceSettings
@@ -82,13 +82,10 @@ class RefuseLateArrivals:
     def refuse(self, environ, start_response, waited: float, timeout: float, needed: float):
         metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "late_arrival").inc()
         metrics.HTTP_REQUESTS.labels(_REFUSED_ROUTE, environ.get("REQUEST_METHOD", ""), "503").inc()
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = _request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         message = (f"the request waited {1000 * waited:.0f} ms for a worker; answering it takes about "
-                   f"{1000 * needed:.0f} ms now, past its {1000 * timeout:.0f} ms; retry shortly or allow more "
-                   f"time ({deadlines.HEADER})")
-        body = json.dumps({"error": {"code": "deadline_unreachable", "message": message,
-                                     "request_id": request_id}}).encode()
+                   f"{1000 * needed:.0f} ms now, past its {1000 * timeout:.0f} ms; {DEADLINE_ADVICE}")
+        body = json.dumps(error_body("deadline_unreachable", message, request_id)).encode()
         start_response("503 SERVICE UNAVAILABLE", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
             ("Retry-After", self.retry_after), ("X-Request-ID", request_id), ("Server-Timing", "total;dur=0")])
@@ -161,8 +158,7 @@ def _register_request_bookkeeping(app: Flask) -> None:
     @app.before_request
     def start() -> None:
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = _request_id(request.headers.get("X-Request-ID", ""))
         g.budget_token = deadlines.begin(request.headers.get(deadlines.HEADER), current_app.extensions["settings"],
                                          request.headers.get(deadlines.START_HEADER))
 
@@ -195,3 +191,8 @@ def _worth_a_log_line(route: str, status: int, seconds: float, settings: Service
     if status >= 400 or seconds * 1000 >= settings.access_log_slow_ms:
         return True
     return settings.access_log_all and route not in ("/healthz", "/readyz", "/metrics")
+
+
+def _request_id(incoming: str) -> str:
+    """The caller's (or nginx's) request id if it is a plain token, else a new one."""
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex

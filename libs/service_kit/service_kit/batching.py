@@ -181,16 +181,21 @@ class BatchQueue:
         """Queue a request's entries, or raise BatcherOverloaded with nothing queued."""
         if len(self.queued) + len(entries) > self.max_queued:
             raise BatcherOverloaded("queue_full", f"{len(self.queued)} examples already wait for the model")
-        if not self.coalesce_only:
-            finish = self.predicted_finish(len(entries), now)
-            deadline = min(entry.deadline for entry in entries)
-            if finish + self.margin > deadline:
-                raise BatcherOverloaded("predicted_late", _late_message(finish, deadline, now))
+        self.check_in_time(len(entries), min(entry.deadline for entry in entries), now)
         if self._last_arrival is not None:
             gap = min(self._longest_gap, max(0.0, now - self._last_arrival))
             self._mean_gap += 0.1 * (gap - self._mean_gap)
         self._last_arrival = now
         self.queued.extend(entries)
+
+    def check_in_time(self, count: int, deadline: float, now: float) -> None:
+        """Raise BatcherOverloaded (predicted_late) if `count` examples queued now would be
+        answered after `deadline`; coalescing alone knows no deadlines."""
+        if self.coalesce_only:
+            return
+        finish = self.predicted_finish(count, now)
+        if finish + self.margin > deadline:
+            raise BatcherOverloaded("predicted_late", _late_message(finish, deadline, now))
 
     def predicted_finish(self, count: int, now: float) -> float:
         """When `count` more examples queued now would be answered: after the calls in flight (if
@@ -308,14 +313,12 @@ class MicroBatcher(Generic[Item, Result]):
 
     def check_in_time(self, count: int, deadline: float) -> None:
         """Raise BatcherOverloaded now if `count` examples queued now would be answered late."""
-        if self.rules.coalesce_only:
-            return
         with self._changed:
-            now = self.clock()
-            finish = self.rules.predicted_finish(count, now)
-            if finish + self.rules.margin > deadline:
-                self._report_shed("predicted_late", 1)
-                raise BatcherOverloaded("predicted_late", _late_message(finish, deadline, now))
+            try:
+                self.rules.check_in_time(count, deadline, self.clock())
+            except BatcherOverloaded as refused:
+                self._report_shed(refused.reason, 1)
+                raise
 
     def _forget(self, pending: list[_Pending]) -> None:
         """A caller gave up: its entries still queued are removed, unsent."""

@@ -59,9 +59,17 @@ def from_model_server(error: ModelServerError, retry_after_seconds: int) -> ApiE
     return ApiError(502, "model_error", f"the model server failed: {error.code.name}")
 
 
+# Said with every refusal for want of time.
+DEADLINE_ADVICE = f"retry shortly or allow more time ({deadlines.HEADER})"
+
+
+def error_body(code: str, message: str, request_id: str | None) -> dict:
+    """The one shape of every error answer."""
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
 def error_response(error: ApiError):
-    body = {"error": {"code": error.code, "message": error.message, "request_id": g.get("request_id")}}
-    response = jsonify(body)
+    response = jsonify(error_body(error.code, error.message, g.get("request_id")))
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
@@ -93,8 +101,7 @@ def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
         if error.reason == "queue_full":
             return error_response(ApiError(503, "overloaded", "too many requests wait for the model; retry shortly",
                                            retry))
-        return error_response(ApiError(503, "deadline_unreachable", f"{error}; retry shortly or allow more time "
-                                       f"({deadlines.HEADER})", retry))
+        return error_response(ApiError(503, "deadline_unreachable", f"{error}; {DEADLINE_ADVICE}", retry))
 
     @app.errorhandler(deadlines.InvalidTimeout)
     def invalid_timeout(error: deadlines.InvalidTimeout):

@@ -128,14 +128,15 @@ class ModelEndpoint(Generic[Example, Output]):
         budget = deadlines.current_or_default(self.settings)
         budget.submitted = self._last_let_in = time.monotonic()
         self.preparation.observe(budget.submitted - budget.arrived, budget.submitted)
+        deadline = self._deadline(budget)
         if self.batcher is None:
-            if self._deadline(budget) <= budget.submitted:
+            if deadline <= budget.submitted:
                 metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "expired").inc()
                 raise BatcherOverloaded("expired", "the request's deadline passed before the model could be asked")
             budget.dispatched = budget.submitted
-            answers = self._predict_batch(examples, self._deadline(budget))
+            answers = self._predict_batch(examples, deadline)
         else:
-            answers, budget.dispatched = self.batcher.submit_timed(examples, self._deadline(budget))
+            answers, budget.dispatched = self.batcher.submit_timed(examples, deadline)
         budget.answered = time.monotonic()
         return Prediction([output for output, _ in answers], answers[0][1])
 
