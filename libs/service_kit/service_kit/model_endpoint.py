@@ -8,8 +8,8 @@ subclasses it with two hooks, `to_inputs` (prepared examples -> the signature's 
 `from_outputs` (output tensors -> one result per example); decoding a request into examples and
 encoding results into an answer stay in the service, around `predict`.
 
-Model code says what is wrong with an input by raising an `InputError` below; it knows nothing of
-HTTP. service_kit.errors turns each into its status, in one place.
+Model code says what is wrong with an input by raising an `InputError` (service_kit.input_errors,
+re-exported here); it knows nothing of HTTP. service_kit.errors turns each into its status, in one place.
 """
 
 from __future__ import annotations
@@ -23,40 +23,15 @@ import numpy as np
 
 from service_kit import deadlines, metrics
 from service_kit.batching import BatcherOverloaded, BatchQueue, MicroBatcher
+from service_kit.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from service_kit.settings import ServiceSettings
 from tfserving_client import ModelServerClient
 
+__all__ = ["Busy", "InputError", "InputTooLarge", "InvalidInput", "ModelEndpoint", "Prediction", "UnsupportedInput",
+           "UnusableInput"]
+
 Example = TypeVar("Example")
 Output = TypeVar("Output")
-
-
-class InputError(Exception):
-    """An input the model cannot take; `code` is a stable slug for callers."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class InvalidInput(InputError):
-    """Malformed: not what it claims to be (a corrupt image, a lone surrogate)."""
-
-
-class InputTooLarge(InputError):
-    """Over a limit (characters, pixels, memory)."""
-
-
-class UnsupportedInput(InputError):
-    """Of a kind the model does not take (not an image)."""
-
-
-class UnusableInput(InputError):
-    """Well-formed but empty for the model (no words, no pixels)."""
-
-
-class Busy(Exception):
-    """The worker has no room for this input now; worth retrying shortly."""
 
 
 @dataclasses.dataclass(frozen=True)
