@@ -1,23 +1,29 @@
-"""vision-api: salient-object masks over HTTP, answered by the `cv_sod` model."""
+"""vision-api: salient-object masks over HTTP, answered by the `cv_sod` model.
+
+The app's modules are imported inside create_app: the decoding child process
+(vision_api.decode_process) is in this package and must not load Flask or gRPC.
+"""
 
 from __future__ import annotations
 
-import os
+import typing
 
-from flask import Flask
+if typing.TYPE_CHECKING:
+    from flask import Flask
 
-from service_kit.app import create_service_app
-from tfserving_client import ModelServerClient
-from vision_api.routes import blueprint
-from vision_api.saliency import SaliencyModel
-from vision_api.settings import VisionApiSettings
+    from tfserving_client import ModelServerClient
+    from vision_api.settings import VisionApiSettings
 
 
 def create_app(settings: VisionApiSettings | None = None, client: ModelServerClient | None = None) -> Flask:
+    from service_kit.app import create_service_app
+    from vision_api.routes import blueprint
+    from vision_api.saliency import SaliencyModel
+    from vision_api.settings import VisionApiSettings
+
     settings = settings or VisionApiSettings.from_env()
-    # A second line behind our own header check: OpenCV refuses larger images before allocating.
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(settings.max_image_pixels))
     app = create_service_app(__name__, settings, client)
-    app.extensions["saliency_model"] = SaliencyModel(app.extensions["model_client"], settings)
+    app.extensions["saliency_model"] = model = SaliencyModel(app.extensions["model_client"], settings)
+    model.decoders.start()  # the children import OpenCV while the worker finishes starting
     app.register_blueprint(blueprint)
     return app

@@ -9,7 +9,8 @@ import struct
 import cv2
 import numpy as np
 
-from service_kit.model_endpoint import InvalidInput, UnsupportedInput, UnusableInput
+from model_preprocessing.image import MODEL_SIZE, model_input, to_rgb8
+from service_kit.input_errors import InvalidInput, UnsupportedInput, UnusableInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
 
@@ -40,10 +41,18 @@ class ImageHeader:
     height: int
     channels: int  # as OpenCV decodes it (IMREAD_UNCHANGED); where the header leaves it open, the most
     sample_bytes: int = 1  # 2 for 16-bit PNG
+    orientation: int = 1  # EXIF's: how the stored pixels are turned for display (1: as stored)
+    scans: int = 1  # JPEG: libjpeg makes a pass over the whole image for each
+    coefficient_bytes: int = 0  # JPEG progressive or multi-scan: libjpeg keeps every coefficient meanwhile
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as the image is shown: EXIF orientations 5-8 turn it a quarter."""
+        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
 
     def describe(self) -> str:
         layout = {1: "gray", 3: "color", 4: "color with alpha"}[self.channels]
@@ -56,18 +65,26 @@ class ImageHeader:
         return next((f for f in (8, 4, 2) if min(self.width, self.height) >= f * min_side), 1)
 
     def working_bytes(self, min_side: int = 0) -> int:
-        """Peak bytes of handling this image, in two steps that never overlap (saliency.py frees
-        the first before the second): the decoded pixels with an 8-bit copy of 16-bit ones with
-        alpha (see model_preprocessing.image.to_rgb8); then the mask at full size and its PNG
-        (compressed, at most about a byte a pixel). Checked against measured peaks in
-        tests/services/vision_api/test_memory.py.
+        """Peak bytes of handling this image, in two steps that never overlap: decoding it (in the
+        decoding child: the decoded pixels, an 8-bit copy of 16-bit ones with alpha (see
+        model_preprocessing.image.to_rgb8), libjpeg's coefficients of a progressive JPEG, and
+        what a decoder holds beside its output); then, in the worker, the mask at full size and
+        its PNG (compressed, at most about a byte a pixel). Checked against measured peaks of
+        every format in tests/services/vision_api/test_memory.py.
         """
         factor = self.jpeg_reduction(min_side)
         decoded_pixels = -(-self.width // factor) * -(-self.height // factor)
         channels = 3 if factor > 1 else self.channels  # reduced decoding is always BGR
         decoded = decoded_pixels * channels * self.sample_bytes
         eight_bit_copy = decoded_pixels * channels if self.sample_bytes == 2 and channels == 4 else 0
-        return max(decoded + eight_bit_copy, 2 * self.pixels)
+        decoder = self.coefficient_bytes + self.pixels * DECODER_BYTES_PER_PIXEL.get(self.kind, 0)
+        return max(decoded + eight_bit_copy + decoder, 2 * self.pixels)
+
+
+# What a decoder holds beside the pixels it returns, per pixel (measured: bench/results/decode_guard.md).
+# OpenCV's GIF decoder: the LZW output (1 byte) and a BGRA canvas (4) it copies out of; libwebp: the
+# RGBA picture (4) OpenCV converts into its BGR(A) one. PNG, BMP and baseline JPEG decode in place.
+DECODER_BYTES_PER_PIXEL = {"GIF": 5, "WebP": 4}
 
 
 def read_header(data: bytes) -> ImageHeader:
@@ -91,19 +108,23 @@ def read_header(data: bytes) -> ImageHeader:
 def _png_header(data: bytes) -> ImageHeader:
     width, height, depth, color_type = struct.unpack(">IIBB", data[16:26])
     channels = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}[color_type]
-    if channels == 3 and _png_has_transparency(data):
+    chunks = _png_chunks_before_pixels(data)
+    if channels == 3 and b"tRNS" in chunks:
         channels = 4  # OpenCV adds an alpha channel for a tRNS chunk
-    return ImageHeader("PNG", width, height, channels, 2 if depth == 16 else 1)
+    return ImageHeader("PNG", width, height, channels, 2 if depth == 16 else 1,
+                       orientation=_exif_orientation(chunks.get(b"eXIf", b"")))
 
 
-def _png_has_transparency(data: bytes) -> bool:
-    position = 8
+def _png_chunks_before_pixels(data: bytes) -> dict[bytes, bytes]:
+    """The chunks before the first IDAT (where tRNS and eXIf must be), by type."""
+    chunks, position = {}, 8
     while position + 8 <= len(data):
         length, chunk = struct.unpack(">I4s", data[position:position + 8])
-        if chunk in (b"tRNS", b"IDAT"):
-            return chunk == b"tRNS"
+        if chunk == b"IDAT":
+            break
+        chunks.setdefault(chunk, data[position + 8:position + 8 + length])
         position += 12 + length
-    return False
+    return chunks
 
 
 def _gif_header(data: bytes) -> ImageHeader:
@@ -120,24 +141,65 @@ def _webp_header(data: bytes) -> ImageHeader | None:
     size = _webp_size(data)
     if size is None:
         return None
-    return ImageHeader("WebP", *size, 3 if data[12:16] == b"VP8 " else 4)  # only simple lossy has no alpha
+    channels = 3 if data[12:16] == b"VP8 " else 4  # only simple lossy has no alpha
+    return ImageHeader("WebP", *size, channels, orientation=_exif_orientation(_riff_chunk(data, b"EXIF")))
+
+
+def _riff_chunk(data: bytes, wanted: bytes) -> bytes:
+    """The first chunk of this type in a RIFF file (WebP), or b""."""
+    position = 12
+    while position + 8 <= len(data):
+        chunk, (length,) = data[position:position + 4], struct.unpack("<I", data[position + 4:position + 8])
+        if chunk == wanted:
+            return data[position + 8:position + 8 + length]
+        position += 8 + length + (length & 1)
+    return b""
 
 
 def _jpeg_header(data: bytes) -> ImageHeader | None:
     frame = _jpeg_frame(data)
     if frame is None:
         return None
-    width, height, components = frame
-    return ImageHeader("JPEG", width, height, 1 if components == 1 else 3)  # CMYK decodes to BGR
+    channels = 1 if len(frame.sampling) == 1 else 3  # CMYK decodes to BGR
+    return ImageHeader("JPEG", frame.width, frame.height, channels, orientation=frame.orientation,
+                       scans=data.count(_JPEG_SOS, frame.first_scan),
+                       coefficient_bytes=frame.coefficient_bytes() if frame.buffered else 0)
 
 
 _HEADER_READERS = {"PNG": _png_header, "GIF": _gif_header, "BMP": _bmp_header, "WebP": _webp_header,
                    "JPEG": _jpeg_header}
 
+_JPEG_SOS = b"\xff\xda"
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 
-def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from the first start-of-frame segment."""
-    position = 2
+
+@dataclasses.dataclass(frozen=True)
+class _JpegFrame:
+    width: int
+    height: int
+    sampling: tuple[tuple[int, int], ...]  # (horizontal, vertical) sampling factor of each component
+    progressive: bool
+    first_scan: int  # where the first scan's marker is
+    first_scan_components: int
+    orientation: int
+
+    @property
+    def buffered(self) -> bool:
+        """libjpeg keeps the whole image's coefficients when the image comes in several scans:
+        always for progressive JPEG, and for sequential JPEG whose first scan holds not every
+        component (non-interleaved)."""
+        return self.progressive or (len(self.sampling) > 1 and self.first_scan_components < len(self.sampling))
+
+    def coefficient_bytes(self) -> int:
+        """Every component's 8x8 blocks, padded to whole MCUs, 64 coefficients of 2 bytes each."""
+        max_h, max_v = max(h for h, _ in self.sampling), max(v for _, v in self.sampling)
+        mcu_columns, mcu_rows = -(-self.width // (8 * max_h)), -(-self.height // (8 * max_v))
+        return sum(mcu_columns * h * mcu_rows * v * 128 for h, v in self.sampling)
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The start-of-frame segment's facts, the EXIF orientation and where the scans begin."""
+    position, frame, orientation = 2, None, 1
     while position + 4 <= len(data):
         if data[position] != 0xFF:
             return None
@@ -149,11 +211,41 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
             position += 2
             continue
         (length,) = struct.unpack(">H", data[position + 2:position + 4])
-        if marker in _JPEG_SOF:
-            height, width, components = struct.unpack(">HHB", data[position + 5:position + 10])
-            return width, height, components
+        segment = data[position + 4:position + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\0\0") and orientation == 1:
+            orientation = _exif_orientation(segment[6:])
+        elif marker in _JPEG_SOF and frame is None:
+            height, width, count = struct.unpack(">HHB", segment[1:6])
+            sampling = tuple((segment[7 + 3 * i] >> 4, segment[7 + 3 * i] & 0x0F) for i in range(count))
+            if not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling):
+                raise ValueError("JPEG sampling factors out of range")
+            frame = (width, height, sampling, marker in _JPEG_PROGRESSIVE)
+        elif marker == 0xDA:
+            if frame is None:
+                return None
+            width, height, sampling, progressive = frame
+            return _JpegFrame(width, height, sampling, progressive, position, segment[0] if segment else 0,
+                              orientation)
         position += 2 + length
     return None
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """EXIF's Orientation (tag 0x0112 of the first IFD) in a TIFF-structured block; 1 if absent."""
+    if tiff.startswith(b"Exif\0\0"):  # WebP writers differ on this prefix
+        tiff = tiff[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (offset,) = struct.unpack(order + "I", tiff[4:8])
+    if offset + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[offset:offset + 2])
+    for entry in range(offset + 2, min(offset + 2 + 12 * count, len(tiff) - 11), 12):
+        tag, kind, _, value = struct.unpack(order + "HHIH", tiff[entry:entry + 10])
+        if tag == 0x0112 and kind == 3:
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:
@@ -169,34 +261,57 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(data: bytes, header: ImageHeader, min_side: int = 0) -> np.ndarray:
-    """The image as OpenCV decodes it (BGR, BGRA or gray; 8 or 16 bit), or an InputError.
+def decode_flags(header: ImageHeader, min_side: int = 0) -> int:
+    """OpenCV's flags for this image, stored orientation kept (see orient).
 
     A JPEG whose shorter side is at least 2, 4 or 8 times `min_side` is decoded directly at that
     fraction of its size (libjpeg scales while decoding): the model sees 320x320 anyway, and a
     12-megapixel photo then costs a fraction of the time and memory.
     """
-    flags = _JPEG_REDUCED.get(header.jpeg_reduction(min_side), cv2.IMREAD_UNCHANGED)
-    image = _decode_once(data, flags)
+    return _JPEG_REDUCED.get(header.jpeg_reduction(min_side), cv2.IMREAD_UNCHANGED)
+
+
+def decode_file(path: str, flags: int, kind: str = "image") -> np.ndarray:
+    """The image in a file as OpenCV decodes it (BGR, BGRA or gray; 8 or 16 bit), or an InputError.
+    `cv2.imread` with an output argument writes into numpy's array directly; `cv2.imdecode` would
+    decode into a buffer of its own and copy that: twice the image at the peak."""
+    try:
+        image = cv2.imread(path, None, flags)
+    except cv2.error:  # OpenCV's own checks (sizes past its limits, allocation): the image is unusable
+        image = None
     if image is None or image.size == 0:
-        raise InvalidInput("corrupt_image", f"the {header.kind} image could not be decoded")
+        raise InvalidInput("corrupt_image", f"the {kind} image could not be decoded")
     return image
 
 
-def _decode_once(data: bytes, flags: int) -> np.ndarray | None:
-    """Decoded straight into the array that is returned. `cv2.imdecode` decodes into a buffer of
-    its own and its Python binding copies that into a numpy array: twice the image's size at the
-    peak. `cv2.imread` with an output argument writes into numpy's array directly, so the bytes
-    are handed to it as an in-memory file (memfd: no disk, counted like the body it copies)."""
-    if not hasattr(os, "memfd_create"):  # not Linux
-        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+def decode_image(data: bytes, header: ImageHeader, min_side: int = 0) -> np.ndarray:
+    """decode_file for bytes in memory (an in-memory file: no disk), in this process."""
     descriptor = os.memfd_create("image", os.MFD_CLOEXEC)
     try:
         with open(descriptor, "wb", closefd=False) as file:
             file.write(data)
-        return cv2.imread(f"/proc/self/fd/{descriptor}", None, flags)
+        return decode_file(f"/proc/self/fd/{descriptor}", decode_flags(header, min_side), header.kind)
     finally:
         os.close(descriptor)
 
 
-_JPEG_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+def model_example(image: np.ndarray, orientation: int) -> np.ndarray:
+    """A decoded image's `img_in` example: at the model's size, turned for display, mean-subtracted.
+    The full-size pixels are overwritten on the way (to_rgb8 in place)."""
+    return model_input(orient(to_rgb8(image, MODEL_SIZE, in_place=True), orientation))
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels as EXIF's Orientation says, the way OpenCV does when it applies it
+    (imgcodecs' ApplyExifOrientation), so that every image is seen as its viewer sees it: OpenCV
+    itself applies it for every flag but IMREAD_UNCHANGED, so whether a photo was turned would
+    depend on whether it was decoded at a reduced size."""
+    if orientation in (5, 6, 7, 8):
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
+# Orientation is applied by orient(), at the model's size, for every format and decoding alike.
+_JPEG_REDUCED = {factor: flag | cv2.IMREAD_IGNORE_ORIENTATION for factor, flag in
+                 ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}

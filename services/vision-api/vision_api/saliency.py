@@ -9,12 +9,14 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-from model_preprocessing.image import MODEL_SIZE, mask_to_image, model_input, to_rgb8
+from model_preprocessing.image import MODEL_SIZE, mask_to_image
 from service_kit import deadlines
+from service_kit.batching import BatchDeadlineExceeded
 from service_kit.memory import ByteBudget
 from service_kit.model_endpoint import Busy, InputTooLarge, ModelEndpoint
 from tfserving_client import ModelServerClient
-from vision_api.image_decoding import ImageHeader, decode_image, read_header
+from vision_api.decode_process import DecodePool
+from vision_api.image_decoding import ImageHeader, read_header
 from vision_api.settings import VisionApiSettings
 
 # One fixed PNG row filter instead of libpng's per-row choice among all five: a 1920x1080 mask
@@ -44,6 +46,7 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
         # holding an image share waits for a body share, so no two requests wait for each other.
         self.bodies = ByteBudget(budget // 4)
         self.images = ByteBudget(budget - budget // 4)
+        self.decoders = DecodePool(settings.decode_processes, settings.max_image_pixels)
 
     @contextlib.contextmanager
     def room_for_body(self, nbytes: int) -> Iterator[None]:
@@ -54,9 +57,7 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
 
     def mask(self, image_bytes: bytes) -> SaliencyMask:
         header = read_header(image_bytes)
-        if header.pixels > self.settings.max_image_pixels:
-            raise InputTooLarge("image_too_large", f"the image is {header.width}x{header.height} pixels; "
-                                f"the limit is {self.settings.max_image_pixels} pixels")
+        self._check_limits(header)
         needed = header.working_bytes(MODEL_SIZE) + len(image_bytes)  # decoding reads a copy of the bytes
         if needed > self.images.capacity:
             raise InputTooLarge("image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
@@ -64,7 +65,20 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
                                 f"at most about {self.max_pixels(header)} pixels of this kind")
         self.check_in_time()  # before decoding: refusing costs nothing yet
         with self._reserved(self.images, needed):
-            return self._mask(image_bytes, header)
+            return self._mask(image_bytes, header, needed)
+
+    def _check_limits(self, header: ImageHeader) -> None:
+        """What the header alone shows to be too costly, refused before any decoding."""
+        limit = self.settings.max_image_pixels
+        if header.pixels > limit:
+            raise InputTooLarge("image_too_large", f"the image is {header.width}x{header.height} pixels; "
+                                f"the limit is {limit} pixels")
+        if max(header.width, header.height) > MAX_IMAGE_SIDE:
+            raise InputTooLarge("image_too_large", f"the image is {header.width}x{header.height} pixels; "
+                                f"the limit is {MAX_IMAGE_SIDE} pixels on a side")
+        if header.scans > self.settings.max_jpeg_scans:
+            raise InputTooLarge("too_many_scans", f"the JPEG has {header.scans} scans, each decoded over the "
+                                f"whole image; the limit is {self.settings.max_jpeg_scans}")
 
     def max_pixels(self, header: ImageHeader) -> int:
         """The most pixels an image of this format and layout may have here."""
@@ -79,27 +93,43 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
         except TimeoutError:
             raise Busy("too many images in progress; retry shortly") from None
 
-    def _mask(self, image_bytes: bytes, header: ImageHeader) -> SaliencyMask:
-        example = self._example(image_bytes, header)  # the full-size image is gone when it returns
+    def _mask(self, image_bytes: bytes, header: ImageHeader, reserved: int) -> SaliencyMask:
+        example = self._example(image_bytes, header, reserved)
         prediction = self.predict([example])
         [saliency], version = prediction.results, prediction.model_version
-        mask = mask_to_image(saliency, header.height, header.width)
+        width, height = header.display_size
+        mask = mask_to_image(saliency, height, width)
         ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, self.settings.png_compression, *PNG_FILTER])
         del mask
         if not ok:
             raise RuntimeError("PNG encoding of the mask failed")
-        return SaliencyMask(png.tobytes(), header.width, header.height, version)
+        return SaliencyMask(png.tobytes(), width, height, version)
 
-    @staticmethod
-    def _example(image_bytes: bytes, header: ImageHeader) -> np.ndarray:
-        image = decode_image(image_bytes, header, min_side=MODEL_SIZE)
-        return model_input(to_rgb8(image, MODEL_SIZE, in_place=True))
+    def _example(self, image_bytes: bytes, header: ImageHeader, reserved: int) -> np.ndarray:
+        """The model input, made by a decoding child within the image's memory share and a time
+        limit (DECODE_TIMEOUT_SECONDS, or less when the request's deadline is nearer)."""
+        budget = deadlines.current_or_default(self.settings)
+        with self.decoders.process(wait_seconds=budget.remaining()) as decoder:
+            decoder.wait_ready(budget.remaining())
+            seconds = min(self.settings.decode_timeout_seconds, budget.remaining())
+            try:
+                return decoder.prepare(image_bytes, header, reserved, seconds)
+            except TimeoutError:
+                if seconds < self.settings.decode_timeout_seconds:
+                    raise BatchDeadlineExceeded("the request's deadline passed while its image was decoded") from None
+                raise InputTooLarge("image_too_costly", f"decoding the image took more than "
+                                    f"{self.settings.decode_timeout_seconds:g} s; send a smaller or simpler "
+                                    "image") from None
 
     def to_inputs(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
         return {"img_in": np.stack(examples)}
 
     def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[np.ndarray]:
         return list(outputs["img_out"])
+
+# OpenCV's own limit on a side (CV_IO_MAX_IMAGE_WIDTH and _HEIGHT): past it imread refuses.
+MAX_IMAGE_SIDE = 1 << 20
+
 
 def _mb(nbytes: int) -> int:
     return -(-nbytes // 2**20)

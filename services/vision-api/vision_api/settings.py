@@ -25,6 +25,13 @@ class VisionApiSettings(ServiceSettings):
     # What each worker may hold for request bodies and images at once, in MB; 0: derived from the
     # instance's memory (image_memory_budget_bytes). Requests past it wait, then 503.
     image_memory_budget_mb: int = env("IMAGE_MEMORY_BUDGET_MB", 0)
+    # Images are decoded in child processes of the worker (vision_api.decode_process): this many
+    # per worker, each decode killed past this many seconds (or the request's deadline, if nearer).
+    decode_processes: int = env("DECODE_PROCESSES", 1)
+    decode_timeout_seconds: float = env("DECODE_TIMEOUT_SECONDS", 5.0)
+    # libjpeg decodes each scan of a progressive JPEG over the whole image: 10,000 scans of 28 bytes
+    # each took 30 s. Encoders write 10 (colour), 6 (gray) or 24 (CMYK) with libjpeg's scripts.
+    max_jpeg_scans: int = env("MAX_JPEG_SCANS", 32)
     # PNG compression of the returned mask: 1 is several times faster than 9 and barely larger.
     png_compression: int = env("PNG_COMPRESSION", 1)
     # A 320x320 float image is 1.2 MB on the wire: keep one batched call well under 64 MB.
@@ -37,7 +44,8 @@ class VisionApiSettings(ServiceSettings):
             return self.image_memory_budget_mb * MB
         limit = self.memory_limit_mb * MB or container_memory_limit() or UNKNOWN_LIMIT_MB * MB
         workers = self.worker_processes()
-        free = limit - ARBITER_MB * MB - workers * WORKER_AT_REST_MB * MB
+        at_rest = WORKER_AT_REST_MB + self.decode_processes * DECODER_AT_REST_MB
+        free = limit - ARBITER_MB * MB - workers * at_rest * MB
         return max(MINIMUM_BUDGET_MB * MB, int(free * BUDGET_SHARE / workers))
 
 
@@ -45,6 +53,8 @@ MB = 2**20
 # Measured with tests/services/vision_api/test_memory.py (RSS of a started instance).
 ARBITER_MB = 40
 WORKER_AT_REST_MB = 130
+# A decoding child's own memory (numpy and OpenCV's heap: 24 MB anonymous; the libraries' pages are the worker's).
+DECODER_AT_REST_MB = 30
 BUDGET_SHARE = 0.8
 MINIMUM_BUDGET_MB = 64
 # A bare host without a limit: budget as if it were compose's instance.

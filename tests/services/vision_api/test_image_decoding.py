@@ -3,14 +3,16 @@ and pixel layout decodes or is refused."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from service_kit.errors import from_input_error
 from service_kit.model_endpoint import InputError
+from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo, pil_bytes, png_claiming
-from vision_api.image_decoding import ImageHeader, decode_image, image_format, read_header
+from vision_api.image_decoding import ImageHeader, decode_image, image_format, orient, read_header
 
 
 def decode(data: bytes, min_side: int = 0):
@@ -114,3 +116,54 @@ def test_large_jpegs_are_decoded_reduced_but_report_their_full_size():
     assert decode(big).shape[:2] == (1400, 2000)
     small = decode(encode(photo(500, 600), ".jpg"), min_side=320)
     assert small.shape[:2] == (500, 600), "not reduced below the model's size"
+
+
+# --- issue 20: what the header must tell before decoding ------------------------------------------
+
+def test_the_scans_of_a_jpeg_are_counted_from_its_header():
+    assert read_header(encode(photo(64, 64), ".jpg")).scans == 1
+    assert read_header(crafted_images.progressive_jpeg(64, 64)).scans == 10  # libjpeg's script for colour
+    assert read_header(crafted_images.many_scan_jpeg(1000, 64, 64)).scans == 6 + 1000  # gray: 6, and 1,000 more
+
+
+def test_progressive_jpeg_is_charged_for_every_coefficient():
+    """libjpeg keeps the whole image's coefficients for a progressive JPEG, however much it
+    scales the output down: 6 bytes a pixel at 4:4:4, 3 at 4:2:0, 2 for gray (measured peaks:
+    bench/results/decode_guard.md)."""
+    for subsampling, gray, per_pixel in ((0, False, 6), (2, False, 3), (0, True, 2)):
+        header = read_header(crafted_images.progressive_jpeg(1600, 1200, subsampling, gray))
+        assert header.coefficient_bytes == 1600 * 1200 * per_pixel
+        assert header.working_bytes(320) >= 1600 * 1200 * per_pixel
+    assert read_header(encode(photo(1200, 1600), ".jpg")).coefficient_bytes == 0, "baseline: decoded as it streams"
+
+
+def test_gif_and_webp_are_charged_for_what_their_decoders_hold():
+    assert read_header(crafted_images.flat_gif(400, 300)).working_bytes(320) == 400 * 300 * (4 + 5)
+    assert read_header(crafted_images.lossless_webp(400, 300)).working_bytes(320) == 400 * 300 * (4 + 4)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_read_and_applied_as_opencv_applies_it(image_format, orientation):
+    """One rule for every size and format (item 10): the orientation a viewer sees. OpenCV turns
+    JPEG, PNG and WebP by their EXIF tag for every flag but IMREAD_UNCHANGED; orient() must do
+    exactly what it does."""
+    pixels = np.random.default_rng(orientation).integers(0, 255, (20, 32, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = pil_bytes(Image.fromarray(pixels), image_format, exif=exif.tobytes(), **(
+        {"lossless": True} if image_format == "WEBP" else {"quality": 100} if image_format == "JPEG" else {}))
+    header = read_header(data)
+    assert header.orientation == orientation
+    stored = decode(data)
+    shown_by_opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(orient(stored, orientation), shown_by_opencv)
+    assert header.display_size == shown_by_opencv.shape[1::-1]
+
+
+def test_reduced_decoding_keeps_the_stored_orientation():
+    """Reduced JPEG decoding would turn the image itself (OpenCV applies EXIF there): it must not,
+    or orient() would turn it twice."""
+    data = crafted_images.exif_rotated_jpeg(2560, 1280, orientation=6)
+    assert decode(data, min_side=320).shape[:2] == (320, 640)
+    assert decode(data).shape[:2] == (1280, 2560)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import cv2
 import grpc
@@ -13,6 +14,7 @@ import pytest
 
 from local_stack import compose_file
 from tests.conftest import REPO_ROOT
+from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo, png_claiming
 from vision_api import create_app, routes
 from vision_api.image_decoding import ImageHeader
@@ -117,10 +119,12 @@ def test_images_past_the_memory_budget_wait_then_get_a_503(vision_client_fake):
     app = create_app(VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
                      client=vision_client_fake)
     images = app.extensions["saliency_model"].images
+    app.extensions["saliency_model"].decoders.wait_ready(10)  # create_app starts them, and does not wait
     with images.reserve(images.capacity, timeout=1):  # other requests hold the whole image share
         reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
     assert reply.status_code == 503 and reply.json["error"]["code"] == "busy" and reply.headers["Retry-After"]
-    assert app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png").status_code == 200
+    second = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
+    assert second.status_code == 200, second.json
     assert images.used == 0
 
 
@@ -157,3 +161,60 @@ def test_the_readme_states_the_budget_and_limits_compose_gives():
     assert f"{model.settings.image_memory_budget_bytes() >> 20} MB of compose's {limit} MB" in readme
     png16, png16_alpha = (model.max_pixels(ImageHeader("PNG", 10, 10, channels, 2)) for channels in (3, 4))
     assert f"{png16 / 1e6:.1f} MP for 16-bit color and {png16_alpha / 1e6:.1f} MP for 16-bit color with alpha" in readme
+    gif, webp = (model.max_pixels(ImageHeader(kind, 10, 10, 4)) for kind in ("GIF", "WebP"))
+    progressive = model.max_pixels(ImageHeader("JPEG", 80, 80, 3, coefficient_bytes=3 * 100 * 128))
+    assert f"{gif / 1e6:.1f} MP for GIF and progressive 4:4:4 JPEG, {webp / 1e6:.1f} MP for WebP" in readme
+    assert gif == progressive
+
+
+# --- issue 20: small crafted images that cost much -------------------------------------------------
+
+@pytest.fixture
+def compose_sized(vision_client_fake):
+    """The app with the memory budget compose's limit gives one worker."""
+    limit = int(compose_file.load().environments["vision-api"]["MEMORY_LIMIT_MB"])
+    return create_app(VisionApiSettings(memory_limit_mb=limit, web_concurrency=1), client=vision_client_fake)
+
+
+def post_image(app, data: bytes):
+    return app.test_client().post("/cv_sod", data=data, content_type="image/png")
+
+
+def test_a_jpeg_of_many_scans_is_refused_from_its_header(compose_sized):
+    """1,000 repeated scans of 28 bytes (94 KB) held a worker for 6 s (item 1)."""
+    started = time.monotonic()
+    reply = post_image(compose_sized, crafted_images.many_scan_jpeg(1000))
+    assert reply.status_code == 413 and reply.json["error"]["code"] == "too_many_scans", reply.json
+    assert "1006 scans" in reply.json["error"]["message"]
+    assert time.monotonic() - started < 1
+
+
+def test_a_bmp_claiming_more_than_opencv_takes_on_a_side_is_a_413(compose_sized):
+    """54 bytes claiming 1,100,000 x 30 pixels (under the pixel limit) was a 500 (item 2)."""
+    reply = post_image(compose_sized, crafted_images.huge_bmp_header())
+    assert reply.status_code == 413 and reply.json["error"]["code"] == "image_too_large", reply.json
+    assert "on a side" in reply.json["error"]["message"]
+
+
+def test_a_flat_40_mp_gif_is_refused_for_what_decoding_it_takes(compose_sized):
+    """A 40 KB GIF of one colour: 8 bytes a pixel to decode, 320 MB; charged 4 it was let in,
+    and OOM-killed a replica's worker under compose (items 0 and 3)."""
+    reply = post_image(compose_sized, crafted_images.flat_gif())
+    assert reply.status_code == 413 and reply.json["error"]["code"] == "image_too_large", reply.json
+    assert "8000x5000 8-bit color with alpha GIF" in reply.json["error"]["message"]
+
+
+def test_a_phone_photo_gets_the_mask_its_viewer_sees_at_any_size(client):
+    """EXIF Orientation 6 (item 10): the same photo at 2560x1280 (decoded reduced, where OpenCV
+    applied the tag) and at 320x160 (decoded whole, where it did not) got masks of IoU 0.00. Now
+    both are turned as shown: 1280 wide and 2560 high, the disc at the top."""
+    masks = []
+    for width, height in ((2560, 1280), (320, 160)):
+        reply = client.post("/cv_sod", data=crafted_images.exif_rotated_jpeg(width, height), content_type="image/jpeg")
+        assert reply.status_code == 200, reply.json
+        mask = read_png(reply.data)
+        assert mask.shape == (width, height), "the displayed size: height and width of the stored pixels swapped"
+        masks.append(cv2.resize(mask, (1280, 2560), interpolation=cv2.INTER_NEAREST) > 127)
+    large, small = masks
+    assert large[: 2560 // 3].mean() > 0.1 and large[2 * 2560 // 3:].mean() < 0.01, "the disc is at the top"
+    assert (large & small).sum() / (large | small).sum() > 0.8

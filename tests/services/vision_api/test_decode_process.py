@@ -1,0 +1,113 @@
+"""The decoding child (vision_api.decode_process): what it answers, and that nothing it is sent,
+however slow or hungry to decode, costs more than its time and memory (issue 20)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from service_kit.input_errors import Busy, InputTooLarge, InvalidInput
+from tests.services.vision_api import crafted_images
+from tests.services.vision_api.conftest import encode, photo
+from vision_api.decode_process import DecodePool, DecodeProcess
+from vision_api.image_decoding import decode_image, model_example, read_header
+
+MB = 2**20
+
+
+@pytest.fixture
+def child():
+    process = DecodeProcess(max_image_pixels=40_000_000)
+    process.wait_ready(30)
+    yield process
+    process.close()
+
+
+def prepare(child: DecodeProcess, data: bytes, memory_bytes: int = 512 * MB, seconds: float = 30.0) -> np.ndarray:
+    return child.prepare(data, read_header(data), memory_bytes, seconds)
+
+
+def test_the_child_answers_what_decoding_in_the_worker_would(child):
+    for data in (encode(photo(300, 500), ".jpg"), encode(photo(90, 120), ".png"), crafted_images.lossless_webp(64, 48)):
+        header = read_header(data)
+        expected = model_example(decode_image(data, header, 320), header.orientation)
+        assert np.array_equal(prepare(child, data), expected)
+        assert expected.shape == (320, 320, 3) and expected.dtype == np.float32
+
+
+def test_what_the_child_finds_wrong_is_raised_in_the_worker(child):
+    data = encode(photo(200, 200), ".png")
+    with pytest.raises(InvalidInput) as caught:
+        prepare(child, data[:100])
+    assert caught.value.code == "corrupt_image"
+    assert prepare(child, data).shape == (320, 320, 3), "the same child goes on"
+
+
+def test_a_decode_past_its_time_is_killed_and_the_child_replaced(child):
+    """10,000 scans: 30 s of libjpeg in the worker before (item 1); here the child is killed at
+    its limit and the next image is decoded by a new one."""
+    bomb = crafted_images.many_scan_jpeg(10_000)
+    first = child.process.pid
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        prepare(child, bomb, seconds=0.5)
+    assert time.monotonic() - started < 1.5
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    child.wait_ready(30)
+    assert child.process.pid != first
+    assert prepare(child, encode(photo(), ".png")).shape == (320, 320, 3)
+
+
+@pytest.mark.parametrize("make", [crafted_images.flat_gif, lambda: crafted_images.lossless_webp(6000, 4000),
+                                  crafted_images.progressive_jpeg], ids=["gif", "webp", "progressive jpeg"])
+def test_a_decode_past_its_memory_share_fails_in_the_child_alone(child, make):
+    """An image whose decoding needs more than the share it was given (the budget undercounted
+    it, item 3) fails its allocation in the child: an error, not an OOM-killed worker."""
+    data = make()
+    pid = child.process.pid
+    with pytest.raises((InputTooLarge, InvalidInput)):
+        prepare(child, data, memory_bytes=4 * MB)
+    child.wait_ready(30)
+    assert prepare(child, encode(photo(), ".png")).shape == (320, 320, 3)
+    assert child.process.pid == pid, "a refused allocation leaves the child as it was"
+
+
+def test_opencv_in_the_child_is_told_the_pixel_limit_before_it_loads():
+    """OPENCV_IO_MAX_IMAGE_PIXELS is read once, when OpenCV loads: set in the worker after cv2 was
+    imported, it did nothing (item 2). The child is started with it."""
+    limited = DecodeProcess(max_image_pixels=10_000)
+    try:
+        limited.wait_ready(30)
+        assert prepare(limited, encode(photo(90, 110), ".png")).shape == (320, 320, 3)  # 9,900 pixels
+        with pytest.raises(InvalidInput):
+            prepare(limited, encode(photo(100, 110), ".png"))  # 11,000 pixels: OpenCV itself refuses
+    finally:
+        limited.close()
+
+
+def test_a_pool_hands_out_its_children_and_says_busy_when_none_is_free():
+    pool = DecodePool(1, max_image_pixels=40_000_000)
+    try:
+        pool.wait_ready(30)
+        with pool.process(wait_seconds=1):
+            started = time.monotonic()
+            with pytest.raises(Busy), pool.process(wait_seconds=0.2):
+                pass
+            assert 0.15 < time.monotonic() - started < 1
+        with pool.process(wait_seconds=1) as child:
+            assert prepare(child, encode(photo(), ".png")).shape == (320, 320, 3)
+    finally:
+        pool.close()
+
+
+def test_a_dropped_child_does_not_outlive_its_owner():
+    process = DecodeProcess(max_image_pixels=40_000_000)
+    pid = process.process.pid
+    del process
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child outlived its DecodeProcess"
+        time.sleep(0.05)
