@@ -57,7 +57,7 @@ def kinds(width: int, height: int) -> dict[str, Callable[[], bytes]]:
     """Each format and pixel layout the service accepts, at this size."""
     return {
         "JPEG baseline": lambda: _opencv(".jpg", _gradient(width, height, 3)),
-        "JPEG baseline, 600 high": lambda: _opencv(".jpg", _gradient(width * height // 600, 600, 3)),
+        "JPEG baseline, 600 high": lambda: _opencv(".jpg", _gradient(min(width * height // 600, 65_000), 600, 3)),
         "JPEG progressive 4:4:4": lambda: crafted_images.progressive_jpeg(width, height, 0),
         "JPEG progressive 4:2:0": lambda: crafted_images.progressive_jpeg(width, height, 2),
         "JPEG progressive gray": lambda: crafted_images.progressive_jpeg(width, height, gray=True),

@@ -261,4 +261,6 @@ def _first_to_go() -> None:
 if __name__ == "__main__":
     _first_to_go()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the whole group; the worker decides
-    _serve(socket.socket(fileno=int(sys.argv[1])))
+    child_end = socket.socket(fileno=int(sys.argv[1]))
+    child_end.setblocking(True)  # made by gevent in the worker: non-blocking, which this loop is not
+    _serve(child_end)

@@ -1,0 +1,69 @@
+"""The worker-level guard, on the real service (gunicorn, gevent, the real model server): no
+image, however slow to decode, stalls the worker or costs it its life (issue 20)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import psutil
+import pytest
+import requests
+
+from tests.services.conftest import start_api
+from tests.services.vision_api import crafted_images
+from tests.services.vision_api.conftest import encode, photo
+
+# The most scans allowed (32) over 27 MP: about 0.7 s of libjpeg, within every limit.
+SLOW_TO_DECODE = crafted_images.many_scan_jpeg(26, 6000, 4500)
+NORMAL = encode(photo(300, 400), ".jpg")
+
+
+def post(url: str, data: bytes) -> requests.Response:
+    return requests.post(f"{url}/cv_sod", data=data, headers={"Content-Type": "image/jpeg"}, timeout=30)
+
+
+def slowest_health_check_during(url: str, data: bytes) -> tuple[requests.Response, float]:
+    """The answer to `data`, and the slowest of the /healthz calls made while it was decoded."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, url, data)
+        time.sleep(0.1)
+        slowest = 0.0
+        while not answer.done():
+            started = time.monotonic()
+            assert requests.get(f"{url}/healthz", timeout=10).ok
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.02)
+        return answer.result(), slowest
+
+
+@pytest.fixture(scope="module")
+def guarded(model_server, tmp_path_factory):
+    """One worker, decodes cut off at 0.3 s: SLOW_TO_DECODE is past it, NORMAL well within."""
+    log = tmp_path_factory.mktemp("vision-api-guard") / "log"
+    instance = start_api("vision-api", model_server.grpc_address, log, 1, env={"DECODE_TIMEOUT_SECONDS": "0.3"})
+    [worker] = psutil.Process(instance.process.process.pid).children()
+    yield instance, worker
+    instance.process.stop()
+
+
+def test_the_worker_serves_on_while_an_image_is_decoded(vision_api):
+    """Decoding ran on the worker's only gevent loop: nothing else on that worker, health checks
+    included, was answered until it ended (a 10,000-scan JPEG: 30 s)."""
+    reply, slowest = slowest_health_check_during(vision_api.url, SLOW_TO_DECODE)
+    assert reply.status_code == 200, reply.text
+    assert slowest < 0.15, f"/healthz took {slowest * 1000:.0f} ms while an image was decoded"
+
+
+def test_a_decode_past_its_time_is_a_413_and_costs_the_worker_nothing(guarded):
+    instance, worker = guarded
+    assert post(instance.url, NORMAL).status_code == 200
+    [first_decoder] = worker.children()
+    started = time.monotonic()
+    reply, slowest = slowest_health_check_during(instance.url, SLOW_TO_DECODE)
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "image_too_costly", reply.text
+    assert time.monotonic() - started < 2 and slowest < 0.15
+    assert post(instance.url, NORMAL).status_code == 200, "a new decoder answers the next image"
+    assert worker.is_running() and psutil.Process(instance.process.process.pid).children() == [worker]
+    assert not first_decoder.is_running(), "the decoder that overran was killed"
+    assert "WORKER TIMEOUT" not in instance.process.log_text() and "SIGKILL" not in instance.process.log_text()
