@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model_preprocessing.text import load_dictionary, pad_batch, segment
+from model_preprocessing.text import load_dictionary, pad_batch
+from service_kit import deadlines
 from service_kit.model_endpoint import InputTooLarge, InvalidInput, ModelEndpoint, UnusableInput
+from text_api.segmentation import Segmenter
 from text_api.settings import TextApiSettings
 from tfserving_client import ModelServerClient
 
@@ -32,12 +34,12 @@ class SentimentModel(ModelEndpoint[list[str], Sentiment]):
     def __init__(self, client: ModelServerClient, settings: TextApiSettings):
         super().__init__(client, settings)
         load_dictionary()  # a no-op when gunicorn's master preloaded it (service.toml)
+        self.segmenter = Segmenter(settings.model_name)
 
     def check_texts(self, texts: list[str]) -> list[list[str]]:
         """Segment every text, refusing the request before any model call if one is unusable."""
-        sentences = []
         for index, text in enumerate(texts):
-            where = f"text {index}" if len(texts) > 1 else "the text"
+            where = _where(index, texts)
             if len(text) > self.settings.max_text_chars:
                 raise InputTooLarge("text_too_long",
                                     f"{where} has {len(text)} characters; the limit is {self.settings.max_text_chars}")
@@ -45,10 +47,10 @@ class SentimentModel(ModelEndpoint[list[str], Sentiment]):
                 text.encode("utf-8")
             except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate, not text; the model takes UTF-8
                 raise InvalidInput("invalid_text", f"{where} holds an unpaired surrogate code point") from None
-            words = segment(text)
+        sentences = self.segmenter.segment_all(texts, deadlines.current_or_default(self.settings).deadline)
+        for index, words in enumerate(sentences):
             if not words:
-                raise UnusableInput("empty_text", f"{where} has no words after segmentation")
-            sentences.append(words)
+                raise UnusableInput("empty_text", f"{_where(index, texts)} has no words after segmentation")
         return sentences
 
     def classify(self, texts: list[str]) -> SentimentBatch:
@@ -64,3 +66,7 @@ class SentimentModel(ModelEndpoint[list[str], Sentiment]):
         labels, class_ids, softmax = (outputs[k] for k in ("labels", "classes_id", "softmax"))
         return [Sentiment(label.decode("utf-8"), int(class_id), [round(float(p), 6) for p in row])
                 for label, class_id, row in zip(labels, class_ids, softmax)]
+
+
+def _where(index: int, texts: list[str]) -> str:
+    return f"text {index}" if len(texts) > 1 else "the text"
