@@ -1,0 +1,85 @@
+"""What nginx sends to another replica, on the real nginx with the rendered template: a request
+that an instance took and then died on is never replayed to the next (it would kill that one too:
+issue 20, item 4); a request no instance took (connection refused) is."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+from service_roster import nginx_conf
+from tests.conftest import REPO_ROOT, ROSTER, free_port, wait_until
+from tests.services.nginx.test_nginx_config import NGINX
+
+
+class Upstream:
+    """Reads a request and answers `answer`; with none, closes the connection without a word, as a
+    worker the kernel killed mid-request looks to nginx. Counts the requests it saw."""
+
+    def __init__(self, answer: bytes = b"") -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.seen = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.listener.accept()
+                with connection:
+                    if connection.recv(65536):
+                        self.seen += 1
+                        connection.sendall(self.answer)
+
+
+@contextlib.contextmanager
+def nginx_in_front_of(tmp_path: Path, vision_upstreams: list[str]) -> Iterator[str]:
+    port = free_port()
+    upstreams = {service.name: [f"127.0.0.1:{free_port()}"] for service in ROSTER}
+    upstreams["vision-api"] = vision_upstreams
+    values = nginx_conf.values_for_local(ROSTER, f"127.0.0.1:{port}", tmp_path, upstreams,
+                                         REPO_ROOT / nginx_conf.STATIC, worker_processes="1")
+    (tmp_path / "temp").mkdir()
+    config = tmp_path / "nginx.conf"
+    config.write_text(nginx_conf.render(values, (REPO_ROOT / nginx_conf.TEMPLATE).read_text()))
+    process = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(config), "-e", str(tmp_path / "error.log"),
+                                "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{url}/nginx-health", timeout=1).ok, 20, "nginx")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_post_that_killed_its_instance_is_not_sent_to_the_next(tmp_path):
+    dying = [Upstream(), Upstream(), Upstream()]
+    with nginx_in_front_of(tmp_path, [u.address for u in dying]) as url:
+        reply = requests.post(f"{url}/cv_sod", data=b"poison", timeout=30)
+    assert reply.status_code == 502 and reply.json()["error"]["code"] == "bad_gateway"
+    assert sum(u.seen for u in dying) == 1, [u.seen for u in dying]
+
+
+def test_a_get_is_replayed_once_at_most(tmp_path):
+    dying = [Upstream(), Upstream(), Upstream()]
+    with nginx_in_front_of(tmp_path, [u.address for u in dying]) as url:
+        reply = requests.get(f"{url}/cv_sod", params={"img": "AAAA"}, timeout=30)
+    assert reply.status_code == 502
+    assert sum(u.seen for u in dying) == 2, [u.seen for u in dying]
+
+
+def test_a_request_no_instance_took_goes_to_the_next(tmp_path):
+    refused = f"127.0.0.1:{free_port()}"  # nothing listens: the request was never sent
+    answering = Upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    with nginx_in_front_of(tmp_path, [refused, answering.address]) as url:
+        replies = [requests.post(f"{url}/cv_sod", data=b"x", timeout=30) for _ in range(4)]
+    assert [r.status_code for r in replies] == [200] * 4
+    assert answering.seen == 4
