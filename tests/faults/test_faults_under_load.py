@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import api_ready, wait_until
 from tests.faults.load import HttpLoad, check_model_server_outage, lstm_answers, models_available, record_fault
+from tests.faults.worst_inputs import under_worst_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +113,21 @@ def test_nginx_reload_with_another_upstream_set_loses_nothing(stack, fault_table
         config.write_text(original)
     record_fault(fault_table, "nginx reload: one text-api instance out, then back in", load, "no interruption")
     assert load.failed() == [], load.failed()[:5]
+
+
+def api_worker_pids(stack) -> dict[str, list[int]]:
+    services = stack.state()["services"]
+    return {name: sorted(p.pid for p in psutil.Process(s["pid"]).children()) for name, s in services.items()
+            if "-api-" in name}
+
+
+def test_a_stream_of_the_worst_inputs_loses_no_normal_request_and_no_worker(stack, fault_table):
+    """Issue 20: one worst input a second per replica for a minute (the GIF, WebP and JPEG bombs,
+    the BMP header, the largest /lstm body) beside a steady load of sentences and photos."""
+    before = api_worker_pids(stack)
+    load, stream = under_worst_inputs(stack.url, replicas=len(before))
+    record_fault(fault_table, "a worst input a second per replica for 60 s (issue 20)", load,
+                 f"{stream.summary()}; no worker replaced")
+    assert load.failed() == [], load.failed()[:5]
+    assert stream.mishandled() == [], stream.mishandled()[:5]
+    assert api_worker_pids(stack) == before, "a worker died and was replaced"
