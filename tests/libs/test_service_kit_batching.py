@@ -4,8 +4,11 @@ right caller, failures to every waiter, nothing waits when there is nothing to w
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import traceback
+import weakref
 
 import pytest
 
@@ -367,3 +370,89 @@ def test_a_full_queue_refuses_at_once_and_says_so():
     assert answers == [[2, 3]]
     assert 5 not in [item for call in calls for item in call]
     assert recorder.sheds == [("queue_full", 1)]
+
+
+# --- failures that keep nothing alive, observers that cannot stop it, callers that left ------------
+
+class Photo:
+    """A request's input, as big as a decoded photo; a weak reference says when it is freed."""
+
+    def __init__(self, megabytes: int = 2):
+        self.pixels = bytearray(megabytes << 20)
+
+
+def test_each_waiter_of_a_failed_batch_gets_its_own_error_and_its_input_is_freed_at_once():
+    calls: list[int] = []
+    release = threading.Event()
+
+    def run_batch(items, deadline):
+        calls.append(len(items))
+        if len(calls) == 1:
+            release.wait(10)
+            return items
+        raise ValueError("the model server failed")
+
+    batcher = MicroBatcher(run_batch, BatchQueue(coalesce_only=True))
+    threading.Thread(target=batcher.submit, args=([0], within(10)), daemon=True).start()
+    wait_for(lambda: calls == [1])
+    freed: list[weakref.ref] = []
+    depths: list[int] = []
+    notes: list[str] = []
+
+    def waiter() -> None:
+        photo = Photo()
+        freed.append(weakref.ref(photo))
+        try:
+            batcher.submit([photo], deadline=within(10))
+        except ValueError as error:
+            depths.append(len(traceback.extract_tb(error.__traceback__)))
+            notes.append(getattr(error, "__notes__", [""])[-1])
+
+    gc.disable()  # freed by reference counting alone, not by a collection that happened to run
+    try:
+        waiters = [threading.Thread(target=waiter) for _ in range(8)]
+        for thread in waiters:
+            thread.start()
+        wait_for(lambda: len(batcher.rules.queued) == 8)
+        release.set()
+        for thread in waiters:
+            thread.join(5)
+        assert calls == [1, 8] and len(depths) == 8
+        wait_for(lambda: all(ref() is None for ref in freed), seconds=2)
+    finally:
+        gc.enable()
+    assert len(set(depths)) == 1, f"one error raised by every waiter grows its traceback: {depths}"
+    assert all("batcher's model call, at" in note for note in notes), "where it was raised, for the log"
+
+
+class BrokenObserver:
+    def released(self, reason, size, max_size):
+        raise RuntimeError("the metrics backend broke")
+
+    waited = shed = released
+
+
+def test_an_observer_that_fails_never_stops_the_batcher():
+    batcher = MicroBatcher(SlowDoubler(0.0), BatchQueue(max_queued=1), BrokenObserver())
+    for n in range(3):
+        assert batcher.submit([n], deadline=within(2)) == [2 * n]
+    with pytest.raises(BatcherOverloaded):
+        batcher.submit([1, 2], deadline=within(2))  # over max_queued: shed, and its report fails too
+    assert batcher.alive() and batcher.observer_failures == 3 * 2 + 1
+    assert batcher.submit([5], deadline=within(2)) == [10]
+
+
+def test_a_stopped_loop_is_seen(monkeypatch):
+    batcher = MicroBatcher(SlowDoubler(0.0))
+    assert batcher.alive(), "not started yet"
+    assert batcher.submit([1], deadline=within(2)) == [2] and batcher.alive()
+
+    def broken(now):
+        raise RuntimeError("a bug in the rules")
+
+    monkeypatch.setattr(batcher.rules, "decide", broken)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the loop logs its own end
+    with pytest.raises(BatchDeadlineExceeded):
+        batcher.submit([2], deadline=within(0.2))
+    wait_for(lambda: not batcher.alive())
+

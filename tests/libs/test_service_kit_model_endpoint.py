@@ -3,10 +3,14 @@ batching and the metric; model code's input errors become HTTP statuses in one p
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from flask import Flask
 
+from service_kit.app import create_service_app
+from service_kit.batching import BatchDeadlineExceeded
 from service_kit.errors import register_error_handlers
 from service_kit.model_endpoint import (
     Busy,
@@ -57,3 +61,26 @@ def test_model_code_errors_become_statuses_in_one_place(error, status):
     reply = app.test_client().get("/")
     assert reply.status_code == status and reply.json["error"]["message"] == "m"
     assert (reply.headers.get("Retry-After") == "2") == (status == 503)
+
+
+def test_healthz_answers_503_once_the_workers_batcher_stopped(monkeypatch):
+    """A worker whose batcher loop ended answers no model request again, yet its process lives:
+    the liveness probe must fail, so that the orchestrator replaces it."""
+    client = FakeModelClient(lambda inputs: {"y": inputs["x"] * 2})
+    settings = ServiceSettings(model_name="doubler", request_timeout_ms=200.0)
+    app = create_service_app(__name__, settings, client=client)
+    endpoint = app.extensions["the_model"] = Doubler(client, settings)
+    probe = app.test_client()
+    assert probe.get("/healthz").status_code == 200
+    assert endpoint.predict([1.0]).results == [2.0]
+    assert probe.get("/healthz").status_code == 200
+
+    def broken(now):
+        raise RuntimeError("a bug in the rules")
+
+    monkeypatch.setattr(endpoint.batcher.rules, "decide", broken)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the loop logs its own end
+    with pytest.raises(BatchDeadlineExceeded):  # 200 ms: the loop stopped as the request was queued
+        endpoint.predict([2.0])
+    answer = probe.get("/healthz")
+    assert answer.status_code == 503 and answer.json == {"status": "batcher_stopped"}

@@ -61,9 +61,8 @@ class RefuseLateArrivals:
         self._endpoint: ModelEndpoint | None = None
 
     def endpoint(self) -> ModelEndpoint | None:
-        """The service's ModelEndpoint, wherever in app.extensions the service keeps it."""
         if self._endpoint is None:
-            self._endpoint = next((v for v in self.app.extensions.values() if isinstance(v, ModelEndpoint)), None)
+            self._endpoint = model_endpoint(self.app)
         return self._endpoint
 
     def __call__(self, environ, start_response):
@@ -96,6 +95,9 @@ class RefuseLateArrivals:
 _ALWAYS_ANSWERED = frozenset({"/healthz", "/readyz", "/metrics"})
 # http_requests_total's route label for requests refused before routing.
 _REFUSED_ROUTE = "<refused on arrival>"
+def model_endpoint(app: Flask) -> ModelEndpoint | None:
+    """The service's ModelEndpoint, wherever in app.extensions the service keeps it."""
+    return next((v for v in app.extensions.values() if isinstance(v, ModelEndpoint)), None)
 
 
 def model_client() -> ModelServerClient:
@@ -136,7 +138,14 @@ class Readiness:
 def _register_health_routes(app: Flask) -> None:
     @app.get("/healthz")
     def healthz():
-        """The process answers; says nothing about the model (that is /readyz)."""
+        """The process answers, and its batcher runs (a worker whose batcher stopped would answer
+        no model request again: 503, so that the orchestrator replaces it); says nothing about the
+        model (that is /readyz)."""
+        endpoint = model_endpoint(current_app)
+        if endpoint is not None and not endpoint.serving():
+            response = jsonify(status="batcher_stopped")
+            response.status_code = 503
+            return response
         return jsonify(status="ok")
 
     @app.get("/readyz")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -46,6 +47,8 @@ from service_kit.deadlines import fade
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+log = logging.getLogger("service_kit.batching")
 
 _EPSILON = 1e-9  # seconds: rounding, not time
 
@@ -270,12 +273,19 @@ class MicroBatcher(Generic[Item, Result]):
         self.rules = rules or BatchQueue()
         self.observer = observer
         self.clock = clock
+        self.observer_failures = 0  # calls to the observer that raised (the first is logged)
         self._changed = threading.Condition()
         self._started_in: int | None = None
+        self._loops: list[threading.Thread] = []
 
     @property
     def max_batch_size(self) -> int:
         return self.rules.max_batch_size
+
+    def alive(self) -> bool:
+        """False once a loop this process started has stopped: nothing queued would be answered
+        again (service_kit.app's /healthz says so, for the orchestrator to replace the worker)."""
+        return self._started_in != os.getpid() or all(loop.is_alive() for loop in self._loops)
 
     def submit(self, items: Sequence[Item], deadline: float) -> list[Result]:
         """The results for `items`; BatcherOverloaded at once; BatchDeadlineExceeded when `deadline`
@@ -302,7 +312,15 @@ class MicroBatcher(Generic[Item, Result]):
                 self._forget(pending)
                 raise BatchDeadlineExceeded("no answer from the model by the request's deadline")
             if entry.error is not None:
-                raise entry.error
+                self._forget(pending)
+                # Raised from here, the error's traceback holds this frame: nothing this frame
+                # holds may refer to it, or the frame (and the request's inputs) lives on in a
+                # reference cycle until a full garbage collection.
+                error, entry.error = entry.error, None
+                try:
+                    raise error
+                finally:
+                    del error
             results.append(entry.result)
         return results, max(entry.dispatched_at for entry in pending)
 
@@ -327,8 +345,20 @@ class MicroBatcher(Generic[Item, Result]):
             self.rules.queued = collections.deque(e for e in self.rules.queued if id(e) not in gone)
 
     def _report_shed(self, reason: str, requests: int) -> None:
-        if self.observer is not None and requests:
-            self.observer.shed(reason, requests)
+        if requests:
+            self._observe("shed", reason, requests)
+
+    def _observe(self, what: str, *args: object) -> None:
+        """Tell the observer; its failure is counted (the first logged) and never stops the loop:
+        a batcher that stopped for a metric would leave every later request unanswered."""
+        if self.observer is None:
+            return
+        try:
+            getattr(self.observer, what)(*args)
+        except Exception:  # noqa: BLE001 - metrics must not take the batcher down
+            self.observer_failures += 1
+            if self.observer_failures == 1:
+                log.exception("the batcher's observer failed (%s); further failures are only counted", what)
 
     def _ensure_loops(self) -> None:
         """Loops are started lazily in the process that uses them (gunicorn forks workers)."""
@@ -336,46 +366,82 @@ class MicroBatcher(Generic[Item, Result]):
             return
         with self._changed:
             if self._started_in != os.getpid():
-                for index in range(self.rules.concurrent_batches):
-                    threading.Thread(target=self._loop, name=f"micro-batcher-{index}", daemon=True).start()
+                self._loops = [threading.Thread(target=self._loop, name=f"micro-batcher-{index}", daemon=True)
+                               for index in range(self.rules.concurrent_batches)]
+                for loop in self._loops:
+                    loop.start()
                 self._started_in = os.getpid()
 
     def _loop(self) -> None:
-        while True:
-            with self._changed:
-                while True:
-                    now = self.clock()
-                    decision = self.rules.decide(now)
-                    for entry in decision.shed:
-                        entry.fail(BatcherOverloaded("expired", "the request's deadline would pass before the model "
-                                                     "could answer it"))
-                    self._report_shed("expired", len({id(entry.request) for entry in decision.shed}))
-                    if decision.release is not None:
-                        break
-                    timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
-                    self._changed.wait(timeout)
-                release = decision.release
-                predicted_end = self.rules.started(release, now)
-            self._run(release, now)
-            with self._changed:
-                ended = self.clock()
-                self.rules.finished(predicted_end, len(release.entries), ended - now, ended)
-                self._changed.notify_all()
+        try:
+            while True:
+                self._send_next()
+        except BaseException:
+            log.critical("a batcher loop stopped: queued requests will not be answered", exc_info=True)
+            raise
+
+    def _send_next(self) -> None:
+        """Wait for the next batch and send it. One call per batch, so that nothing of a batch
+        (its inputs, a 20 MB image each) stays referenced by the loop while it waits for the next."""
+        with self._changed:
+            while True:
+                now = self.clock()
+                decision = self.rules.decide(now)
+                for entry in decision.shed:
+                    entry.fail(BatcherOverloaded("expired", "the request's deadline would pass before the model "
+                                                 "could answer it"))
+                self._report_shed("expired", len({id(entry.request) for entry in decision.shed}))
+                if decision.release is not None:
+                    break
+                timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
+                self._changed.wait(timeout)
+            release = decision.release
+            predicted_end = self.rules.started(release, now)
+        self._run(release, now)
+        with self._changed:
+            ended = self.clock()
+            self.rules.finished(predicted_end, len(release.entries), ended - now, ended)
+            self._changed.notify_all()
 
     def _run(self, release: Release, started: float) -> None:
         batch = release.entries
-        if self.observer is not None:
-            self.observer.released(release.reason, len(batch), self.rules.max_batch_size)
-            for entry in batch:
-                self.observer.waited(started - entry.enqueued_at)
+        self._observe("released", release.reason, len(batch), self.rules.max_batch_size)
+        for entry in batch:
+            self._observe("waited", started - entry.enqueued_at)
         try:
             results = self.run_batch([entry.item for entry in batch], max(entry.deadline for entry in batch))
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
         except BaseException as error:  # noqa: BLE001 - every waiter gets the failure, the loop lives on
+            where = _where(error)
             for entry in batch:
-                entry.fail(error)
+                entry.fail(_own_copy(error, where))
             return
         for entry, result in zip(batch, results):
             entry.result = result
             entry.done.set()
+
+
+def _own_copy(error: BaseException, where: str) -> BaseException:
+    """A fresh instance of `error` for one waiter: its type, arguments and attributes, without the
+    original's traceback (which holds the batch's inputs), cause or context. One instance raised by
+    every waiter would grow its traceback with each raise and tie each waiter's frame, and inputs
+    (a 20 MB image), into a reference cycle that only a full garbage collection frees."""
+    try:
+        fresh = type(error).__new__(type(error), *error.args)
+    except Exception:  # noqa: BLE001 - a type that cannot be re-made: its name and message, then
+        fresh = RuntimeError(f"{type(error).__name__}: {error}")
+    fresh.__dict__.update(vars(error))
+    fresh.__notes__ = [*getattr(error, "__notes__", ()), where]  # a list of its own: add_note appends
+    return fresh
+
+
+def _where(error: BaseException) -> str:
+    """Where `error` was raised, as a line for the log (its traceback is not passed on)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "raised in the batcher's model call"
+    code = tb.tb_frame.f_code
+    return f"raised in the batcher's model call, at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"

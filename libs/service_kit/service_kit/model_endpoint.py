@@ -81,6 +81,10 @@ class ModelEndpoint(Generic[Example, Output]):
         model = self.batcher.predicted_finish(1, now) - now if self.batcher is not None else 0.0
         return self.preparation.estimate(now) + model
 
+    def serving(self) -> bool:
+        """False when this worker's batcher has stopped: it would answer nothing again."""
+        return self.batcher is None or self.batcher.alive()
+
     def _probing(self, now: float) -> bool:
         return self._last_let_in is not None and now - self._last_let_in > PROBE_SECONDS
 
