@@ -7,12 +7,16 @@ import json
 import logging
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 from flask import Flask, request
 
+from service_kit.app import client_gone, create_service_app
 from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
 from service_kit.errors import ApiError
 from service_kit.inputs import decode_base64, json_body, wants_json
@@ -103,8 +107,6 @@ def test_every_variable_is_documented():
     (ServiceSettings(model_name="m", access_log_all=True), "/healthz", False),
 ])
 def test_access_lines_for_failures_and_slow_requests_unless_all_asked(settings, path, logged, caplog):
-    from service_kit.app import create_service_app
-
     app = create_service_app(__name__, settings, client=object())
     app.add_url_rule("/ok", "ok", lambda: "fine")
     with caplog.at_level(logging.INFO, logger="service_kit.access"):
@@ -146,8 +148,6 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     (BatchDeadlineExceeded("late"), 504, "model_timeout"),
 ])
 def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, status, code):
-    from service_kit.app import create_service_app
-
     app = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
 
     def fail():
@@ -203,3 +203,53 @@ def test_recycled_workers_leave_exact_totals_and_no_files_behind(tmp_path):
                                                                               12 * recycles)
     assert [f for f in outcome["files"] if f.endswith(".db")] == ["counter_archive.db", "histogram_archive.db"]
     assert outcome["after_all"] < 3 * outcome["after_one"] + 0.005, outcome
+
+
+@pytest.fixture
+def connection():
+    """A client socket and the server's side of its connection, over loopback TCP."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        yield client, accepted
+        client.close()
+        accepted.close()
+
+
+def test_a_closed_connection_is_told_from_a_waiting_or_kept_alive_one(connection):
+    client, accepted = connection
+    assert not client_gone(accepted), "open, nothing sent"
+    client.sendall(b"GET /next HTTP/1.1\r\n\r\n")  # the next request on a kept-alive connection
+    time.sleep(0.05)
+    assert not client_gone(accepted)
+    assert accepted.recv(100).startswith(b"GET /next"), "the peek took nothing"
+    assert accepted.gettimeout() is None, "the socket's own timeout is back"
+    client.close()
+    deadline = time.monotonic() + 2
+    while not client_gone(accepted):
+        assert time.monotonic() < deadline, "the close was not seen"
+        time.sleep(0.01)
+
+
+def test_a_reset_connection_is_gone(connection):
+    client, accepted = connection
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST instead of FIN
+    time.sleep(0.05)
+    assert client_gone(accepted)
+
+
+def test_the_check_never_blocks_a_gevent_socket():
+    """gunicorn's gevent worker hands the app gevent sockets, whose recv waits when no byte is there."""
+    import gevent
+    from gevent import socket as gevent_socket
+
+    with gevent_socket.create_server(("127.0.0.1", 0)) as server:
+        client = gevent_socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with gevent.Timeout(2):
+            assert not client_gone(accepted)
+            client.close()
+            gevent.sleep(0.05)
+            assert client_gone(accepted)
+        accepted.close()

@@ -456,3 +456,33 @@ def test_a_stopped_loop_is_seen(monkeypatch):
         batcher.submit([2], deadline=within(0.2))
     wait_for(lambda: not batcher.alive())
 
+
+def test_a_request_whose_caller_left_is_dropped_unsent_when_its_batch_leaves():
+    batcher, calls, release, recorder = blocked_batcher()
+    left = threading.Event()
+    asked: list[str] = []
+    outcomes: dict[str, object] = {}
+
+    def caller(name: str, items: list[int], abandoned) -> None:
+        try:
+            outcomes[name] = batcher.submit(items, deadline=within(10), abandoned=abandoned)
+        except BatcherOverloaded as refused:
+            outcomes[name] = refused.reason
+
+    def gone() -> bool:
+        asked.append("gone")
+        return left.is_set()
+
+    callers = [threading.Thread(target=caller, args=("left", [2, 3], gone)),
+               threading.Thread(target=caller, args=("waits", [4], lambda: False))]
+    for thread in callers:
+        thread.start()
+    wait_for(lambda: len(batcher.rules.queued) == 3)
+    left.set()  # its client closed the connection while it was queued
+    release.set()
+    for thread in callers:
+        thread.join(5)
+    assert outcomes == {"left": "client_gone", "waits": [4]}
+    assert calls == [[1], [4]], "2 and 3 never reached the model"
+    assert asked == ["gone"], "asked once per request, not per example"
+    assert recorder.sheds == [("client_gone", 1)]

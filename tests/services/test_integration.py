@@ -4,9 +4,12 @@ gRPC to the real model server over loopback; every route and error over real soc
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import json
 import re
+import socket
+import threading
 import time
 
 import cv2
@@ -15,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.services.conftest import start_api
 from tests.services.vision_api.conftest import encode, png_claiming
 
@@ -197,3 +200,89 @@ def test_a_deadline_too_short_for_the_model(model_server, tmp_path, photo_jpeg, 
         assert ("Retry-After" in reply.headers) == (status == 503)
     finally:
         instance.process.stop()
+
+
+# --- issue 20, items 7 and 8 (API side): over real sockets, against a stand-in model server ------
+
+class GatedModelServer:
+    """A stand-in model server over real gRPC that answers Predict as fake_sentiment does, holding
+    its first call until `gate` is set; it notes every word it is sent."""
+
+    def __init__(self):
+        from concurrent import futures
+
+        import grpc
+
+        from tfserving_client.protos.tensorflow_serving.apis import predict_pb2
+
+        self.gate = threading.Event()
+        self.words: list[str] = []
+        self.address = f"127.0.0.1:{free_port()}"
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(
+                self.predict, request_deserializer=predict_pb2.PredictRequest.FromString,
+                response_serializer=predict_pb2.PredictResponse.SerializeToString)})])
+        self.server.add_insecure_port(self.address)
+        self.server.start()
+
+    def predict(self, request, context):
+        from tests.services.conftest import fake_sentiment
+        from tfserving_client import from_tensor_proto, to_tensor_proto
+        from tfserving_client.protos.tensorflow_serving.apis import predict_pb2
+
+        inputs = {name: from_tensor_proto(tensor) for name, tensor in request.inputs.items()}
+        first_call = not self.words
+        self.words += [word.decode() for word in inputs["words"].ravel() if word != b"<pad>"]
+        if first_call:
+            self.gate.wait(20)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = 1
+        for name, value in fake_sentiment(inputs).items():
+            response.outputs[name].CopyFrom(to_tensor_proto(value))
+        return response
+
+
+@pytest.fixture
+def gated_text_api(tmp_path):
+    model = GatedModelServer()
+    instance = start_api("text-api", model.address, tmp_path / "log", 1)
+    try:
+        yield instance, model
+    finally:
+        model.gate.set()
+        instance.process.stop()
+        model.server.stop(0)
+
+
+def lstm_request(line: str) -> bytes:
+    body = json.dumps({"line": line}).encode()
+    return (b"POST /lstm HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def shed_count(url: str, reason: str) -> float:
+    found = re.search(rf'model_requests_shed_total{{model="lstm",reason="{reason}"}} ([\d.]+)',
+                      requests.get(f"{url}/metrics", timeout=5).text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_request_whose_client_left_while_queued_never_reaches_the_model(gated_text_api):
+    """nginx closes its connection to the API when its own client goes away: a request queued
+    behind a slow model call whose connection closed is dropped as its batch leaves."""
+    instance, model = gated_text_api
+    first = concurrent.futures.ThreadPoolExecutor(2)
+    slow = first.submit(requests.post, f"{instance.url}/lstm", json={"line": "好"}, timeout=30)
+    wait_until(lambda: model.words == ["好"], 10, "the first model call")
+    host, port = instance.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as leaving:
+        leaving.sendall(lstm_request("坏"))
+        time.sleep(0.5)  # read, segmented and queued behind the held call
+    waiting = first.submit(requests.post, f"{instance.url}/lstm", json={"line": "行"}, timeout=30)
+    time.sleep(0.3)
+    model.gate.set()
+    assert slow.result().status_code == 200 and waiting.result().status_code == 200
+    assert "坏" not in model.words and "行" in model.words, model.words
+    assert shed_count(instance.url, "client_gone") == 1
+

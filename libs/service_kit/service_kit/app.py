@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -100,6 +102,23 @@ def model_endpoint(app: Flask) -> ModelEndpoint | None:
     return next((v for v in app.extensions.values() if isinstance(v, ModelEndpoint)), None)
 
 
+def client_gone(sock: socket.socket) -> bool:
+    """Whether the client closed its connection, as nginx itself tells (a peek that reads
+    end-of-file); nginx closes its connection to us when its own client goes away. Bytes waiting
+    (the next request on a kept-alive connection), or none yet, mean it still waits. The peek must
+    not block: gevent's socket waits on EWOULDBLOCK unless its timeout is 0, so it is 0 meanwhile."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset by the peer, or already closed here
+        return True
+    finally:
+        sock.settimeout(timeout)
+
+
 def model_client() -> ModelServerClient:
     return current_app.extensions["model_client"]
 
@@ -168,8 +187,10 @@ def _register_request_bookkeeping(app: Flask) -> None:
     def start() -> None:
         g.started = time.perf_counter()
         g.request_id = _request_id(request.headers.get("X-Request-ID", ""))
+        sock = request.environ.get("gunicorn.socket")
         g.budget_token = deadlines.begin(request.headers.get(deadlines.HEADER), current_app.extensions["settings"],
-                                         request.headers.get(deadlines.START_HEADER))
+                                         request.headers.get(deadlines.START_HEADER),
+                                         functools.partial(client_gone, sock) if sock is not None else None)
 
     @app.teardown_request
     def forget_budget(_error: BaseException | None) -> None:

@@ -20,7 +20,9 @@ a made-up clock):
   sentence and ~3 ms for 128); on a quiet one it is a few ms, or nothing (`idle`). Requests that
   arrive while a call is in flight go together in the next one, as before;
 - a member that can no longer make its deadline is dropped before the call (`expired`), and a
-  caller whose deadline passes stops waiting (`BatchDeadlineExceeded`): no answer after the deadline.
+  caller whose deadline passes stops waiting (`BatchDeadlineExceeded`): no answer after the deadline;
+- a member whose caller is gone (`abandoned()`: its client closed the connection) is dropped as its
+  batch leaves, unsent (`client_gone`).
 
 The model's latency is learnt from the calls themselves (`LatencyModel`: seconds ~ fixed +
 per_example x batch size, recent calls weighing most), as BentoML's adaptive batching does.
@@ -53,7 +55,9 @@ log = logging.getLogger("service_kit.batching")
 _EPSILON = 1e-9  # seconds: rounding, not time
 
 RELEASE_REASONS = ("full", "window", "deadline", "idle")
-SHED_REASONS = ("late_arrival", "queue_full", "predicted_late", "expired")
+# model_requests_shed_total's reasons; late_arrival (service_kit.app, in front of Flask) is
+# counted outside the batcher.
+SHED_REASONS = ("late_arrival", "queue_full", "predicted_late", "expired", "client_gone")
 
 
 class BatcherOverloaded(Exception):
@@ -123,11 +127,14 @@ class LatencyModel:
 
 
 class _Pending(Generic[Item, Result]):
-    __slots__ = ("deadline", "dispatched_at", "done", "enqueued_at", "error", "item", "request", "result")
+    __slots__ = ("abandoned", "deadline", "dispatched_at", "done", "enqueued_at", "error", "item", "request",
+                 "result")
 
-    def __init__(self, item: Item, deadline: float, now: float, request: object = None):
+    def __init__(self, item: Item, deadline: float, now: float, request: object = None,
+                 abandoned: Callable[[], bool] | None = None):
         self.item = item
         self.request = request  # the examples of one request share it
+        self.abandoned = abandoned  # () -> whether the caller is gone (the request's, shared too)
         self.deadline = deadline
         self.enqueued_at = now
         self.dispatched_at: float | None = None
@@ -287,17 +294,20 @@ class MicroBatcher(Generic[Item, Result]):
         again (service_kit.app's /healthz says so, for the orchestrator to replace the worker)."""
         return self._started_in != os.getpid() or all(loop.is_alive() for loop in self._loops)
 
-    def submit(self, items: Sequence[Item], deadline: float) -> list[Result]:
+    def submit(self, items: Sequence[Item], deadline: float,
+               abandoned: Callable[[], bool] | None = None) -> list[Result]:
         """The results for `items`; BatcherOverloaded at once; BatchDeadlineExceeded when `deadline`
-        (on this batcher's clock) passes first."""
-        return self.submit_timed(items, deadline)[0]
+        (on this batcher's clock) passes first; BatcherOverloaded (client_gone) if `abandoned()`
+        says, as their batch leaves, that the caller is gone."""
+        return self.submit_timed(items, deadline, abandoned)[0]
 
-    def submit_timed(self, items: Sequence[Item], deadline: float) -> tuple[list[Result], float]:
+    def submit_timed(self, items: Sequence[Item], deadline: float,
+                     abandoned: Callable[[], bool] | None = None) -> tuple[list[Result], float]:
         """`submit`, and when the items left the queue for the model."""
         self._ensure_loops()
         now = self.clock()
         request = object()
-        pending = [_Pending(item, deadline, now, request) for item in items]
+        pending = [_Pending(item, deadline, now, request, abandoned) for item in items]
         with self._changed:
             try:
                 self.rules.admit(pending, now)
@@ -392,7 +402,10 @@ class MicroBatcher(Generic[Item, Result]):
                                                  "could answer it"))
                 self._report_shed("expired", len({id(entry.request) for entry in decision.shed}))
                 if decision.release is not None:
-                    break
+                    self._drop_abandoned(decision.release)
+                    if decision.release.entries:
+                        break
+                    continue
                 timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
                 self._changed.wait(timeout)
             release = decision.release
@@ -402,6 +415,24 @@ class MicroBatcher(Generic[Item, Result]):
             ended = self.clock()
             self.rules.finished(predicted_end, len(release.entries), ended - now, ended)
             self._changed.notify_all()
+
+    def _drop_abandoned(self, release: Release) -> None:
+        """Take out of a leaving batch the requests whose caller is gone (asked once per request):
+        nginx closes its connection to us when its client goes away, and the model's time is
+        better spent on requests someone still waits for."""
+        gone: dict[int, bool] = {}
+        kept = []
+        for entry in release.entries:
+            key = id(entry.request)
+            if key not in gone:
+                gone[key] = entry.abandoned is not None and entry.abandoned()
+            if gone[key]:
+                entry.fail(BatcherOverloaded("client_gone", "the client closed its connection before the model "
+                                             "was asked"))
+            else:
+                kept.append(entry)
+        release.entries = kept
+        self._report_shed("client_gone", sum(gone.values()))
 
     def _run(self, release: Release, started: float) -> None:
         batch = release.entries

@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 
 from service_kit.settings import ServiceSettings
 
@@ -32,7 +33,7 @@ class InvalidTimeout(ValueError):
 class RequestBudget:
     """Times on time.monotonic's clock: when nginx passed the request on, when it reached this
     worker, when it must be answered by, and when it reached the model's queue, left it, and had its
-    answer."""
+    answer; and how to tell that its caller is gone (service_kit.app asks the connection)."""
 
     received: float
     deadline: float
@@ -40,6 +41,7 @@ class RequestBudget:
     submitted: float | None = None
     dispatched: float | None = None
     answered: float | None = None
+    abandoned: Callable[[], bool] | None = None
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.monotonic() if now is None else now)
@@ -78,11 +80,13 @@ def waited_before(start_header: str | None) -> float:
     return waited if 0.0 <= waited < _PLAUSIBLE_WAIT_SECONDS else 0.0
 
 
-def begin(header: str | None, settings: ServiceSettings, start_header: str | None = None) -> contextvars.Token:
+def begin(header: str | None, settings: ServiceSettings, start_header: str | None = None,
+          abandoned: Callable[[], bool] | None = None) -> contextvars.Token:
     """Start the budget of the request being served (InvalidTimeout for a bad header)."""
     now = time.monotonic()
     received = now - waited_before(start_header)
-    return _current.set(RequestBudget(received, received + timeout_seconds(header, settings), arrived=now))
+    return _current.set(RequestBudget(received, received + timeout_seconds(header, settings), arrived=now,
+                                      abandoned=abandoned))
 
 
 def end(token: contextvars.Token) -> None:

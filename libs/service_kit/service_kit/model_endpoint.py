@@ -115,7 +115,7 @@ class ModelEndpoint(Generic[Example, Output]):
             budget.dispatched = budget.submitted
             answers = self._predict_batch(examples, deadline)
         else:
-            answers, budget.dispatched = self.batcher.submit_timed(examples, deadline)
+            answers, budget.dispatched = self.batcher.submit_timed(examples, deadline, budget.abandoned)
         budget.answered = time.monotonic()
         return Prediction([output for output, _ in answers], answers[0][1])
 
