@@ -6,8 +6,10 @@ import base64
 import json
 import logging
 import os
+import random
 import re
 import socket
+import string
 import struct
 import subprocess
 import sys
@@ -15,7 +17,9 @@ import time
 
 import pytest
 from flask import Flask, request
+from prometheus_client import REGISTRY
 
+from service_kit import metrics
 from service_kit.app import client_gone, create_service_app
 from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
 from service_kit.errors import ApiError
@@ -203,6 +207,65 @@ def test_recycled_workers_leave_exact_totals_and_no_files_behind(tmp_path):
                                                                               12 * recycles)
     assert [f for f in outcome["files"] if f.endswith(".db")] == ["counter_archive.db", "histogram_archive.db"]
     assert outcome["after_all"] < 3 * outcome["after_one"] + 0.005, outcome
+
+
+def access_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "service_kit.access"]
+
+
+def raising(error: Exception):
+    """A view that fails with `error`."""
+
+    def view():
+        raise error
+
+    return view
+
+
+def test_sheds_are_counted_and_never_logged_other_failures_still_are(caplog):
+    from service_kit.model_endpoint import Busy
+
+    app = create_service_app(__name__, ServiceSettings(model_name="shedding"), client=object())
+    refusals = {"/busy": Busy("no decoder free"), "/full": BatcherOverloaded("queue_full", "full"),
+                "/late": BatcherOverloaded("predicted_late", "late")}
+    for path, error in refusals.items():
+        app.add_url_rule(path, path, raising(error))
+    client = app.test_client()
+
+    def busy_count() -> float:
+        return REGISTRY.get_sample_value("model_requests_shed_total", {"model": "shedding", "reason": "busy"}) or 0
+
+    before = busy_count()
+    with caplog.at_level(logging.INFO, logger="service_kit.access"):
+        for _ in range(50):
+            for path in refusals:
+                assert client.get(path).status_code == 503
+        assert client.get("/missing").status_code == 404
+    assert [r.status for r in access_lines(caplog)] == [404], "150 sheds, no line; the 404 has its line"
+    assert busy_count() == before + 50
+    answered = REGISTRY.get_sample_value("http_requests_total", {"route": "/full", "method": "GET", "status": "503"})
+    assert answered == 50
+
+
+def test_made_up_methods_add_at_most_one_metric_series():
+    app = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
+    app.add_url_rule("/ok", "ok", lambda: "fine")
+    client = app.test_client()
+
+    def series(metric) -> set[tuple]:
+        return {tuple((k, v) for k, v in sorted(sample.labels.items()) if k != "le")
+                for sample in metric.collect()[0].samples}
+
+    before = {metric: series(metric) for metric in (metrics.HTTP_REQUESTS, metrics.HTTP_LATENCY)}
+    made_up = random.Random(20)
+    for _ in range(100):
+        method = "".join(made_up.choices(string.ascii_uppercase, k=made_up.randint(3, 12)))
+        assert client.open("/ok", method=method).status_code in (400, 405)
+    for metric, known in before.items():
+        added = series(metric) - known
+        assert len(added) <= 1 and all(dict(labels)["method"] == "other" for labels in added), added
+    assert client.get("/ok").status_code == 200  # the standard ones keep their names
+    assert REGISTRY.get_sample_value("http_requests_total", {"route": "/ok", "method": "GET", "status": "200"})
 
 
 @pytest.fixture

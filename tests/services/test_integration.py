@@ -286,3 +286,19 @@ def test_a_request_whose_client_left_while_queued_never_reaches_the_model(gated_
     assert "坏" not in model.words and "行" in model.words, model.words
     assert shed_count(instance.url, "client_gone") == 1
 
+
+def test_sheds_over_sockets_are_counted_not_logged_and_made_up_methods_are_other(gated_text_api):
+    instance, model = gated_text_api
+    model.gate.set()
+    before = shed_count(instance.url, "predicted_late")
+    for number in range(20):
+        reply = requests.post(f"{instance.url}/lstm", json={"line": "好"}, timeout=10,
+                              headers={"X-Request-Timeout-Ms": "0.01", "X-Request-ID": f"shed-{number}"})
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "deadline_unreachable"
+    requests.post(f"{instance.url}/lstm", json={"wrong": "好"}, headers={"X-Request-ID": "logged-400"}, timeout=10)
+    assert requests.request("FROBNICATE", f"{instance.url}/lstm", timeout=10).status_code == 405
+    assert shed_count(instance.url, "predicted_late") == before + 20
+    wait_until(lambda: "logged-400" in instance.process.log_text(), 5, "the 400's access line")
+    assert "shed-" not in instance.process.log_text(), "no line for a shed request"
+    scraped = requests.get(f"{instance.url}/metrics", timeout=5).text
+    assert 'method="other",route="<unmatched>",status="405"' in scraped and "FROBNICATE" not in scraped

@@ -38,7 +38,7 @@ def create_service_app(import_name: str, settings: ServiceSettings,
         observer=metrics.observe_model_call,
     )
     app.extensions["readiness"] = Readiness(app.extensions["model_client"], settings)
-    register_error_handlers(app, settings.retry_after_seconds)
+    register_error_handlers(app, settings.retry_after_seconds, settings.model_name)
     _register_request_bookkeeping(app)
     _register_health_routes(app)
     if settings.model_batching == "deadline":
@@ -82,7 +82,7 @@ class RefuseLateArrivals:
 
     def refuse(self, environ, start_response, waited: float, timeout: float, needed: float):
         metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "late_arrival").inc()
-        metrics.HTTP_REQUESTS.labels(_REFUSED_ROUTE, environ.get("REQUEST_METHOD", ""), "503").inc()
+        metrics.HTTP_REQUESTS.labels(_REFUSED_ROUTE, method_label(environ.get("REQUEST_METHOD", "")), "503").inc()
         request_id = _request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         message = (f"the request waited {1000 * waited:.0f} ms for a worker; answering it takes about "
                    f"{1000 * needed:.0f} ms now, past its {1000 * timeout:.0f} ms; {DEADLINE_ADVICE}")
@@ -97,6 +97,15 @@ class RefuseLateArrivals:
 _ALWAYS_ANSWERED = frozenset({"/healthz", "/readyz", "/metrics"})
 # http_requests_total's route label for requests refused before routing.
 _REFUSED_ROUTE = "<refused on arrival>"
+# The method label's values: a caller's made-up method is `other`, or each would add metric
+# series to every scrape for the life of the process.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
 def model_endpoint(app: Flask) -> ModelEndpoint | None:
     """The service's ModelEndpoint, wherever in app.extensions the service keeps it."""
     return next((v for v in app.extensions.values() if isinstance(v, ModelEndpoint)), None)
@@ -205,10 +214,12 @@ def _register_request_bookkeeping(app: Flask) -> None:
         if budget is not None:
             response.headers["Server-Timing"] = budget.server_timing(time.monotonic())
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(route, request.method).observe(seconds)
+        method = method_label(request.method)
+        metrics.HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(route, method).observe(seconds)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        if _worth_a_log_line(route, response.status_code, seconds, current_app.extensions["settings"]):
+        if not g.get("shed") and _worth_a_log_line(route, response.status_code, seconds,
+                                                   current_app.extensions["settings"]):
             access_log.info("request", extra={
                 "request_id": g.get("request_id"), "method": request.method, "path": request.path,
                 "route": route, "status": response.status_code, "duration_ms": round(seconds * 1000, 2),

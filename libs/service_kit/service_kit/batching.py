@@ -55,9 +55,9 @@ log = logging.getLogger("service_kit.batching")
 _EPSILON = 1e-9  # seconds: rounding, not time
 
 RELEASE_REASONS = ("full", "window", "deadline", "idle")
-# model_requests_shed_total's reasons; late_arrival (service_kit.app, in front of Flask) is
-# counted outside the batcher.
-SHED_REASONS = ("late_arrival", "queue_full", "predicted_late", "expired", "client_gone")
+# model_requests_shed_total's reasons; late_arrival (service_kit.app, in front of Flask) and busy
+# (a service's Busy) are counted outside the batcher.
+SHED_REASONS = ("late_arrival", "queue_full", "predicted_late", "expired", "client_gone", "busy")
 
 
 class BatcherOverloaded(Exception):

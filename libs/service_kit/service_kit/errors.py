@@ -9,7 +9,7 @@ import grpc
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from service_kit import deadlines
+from service_kit import deadlines, metrics
 from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
 from service_kit.model_endpoint import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from tfserving_client import ModelServerError
@@ -68,14 +68,22 @@ def error_body(code: str, message: str, request_id: str | None) -> dict:
     return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
+# Refusals for want of time or room, before any model work: they come in floods, exactly when
+# CPU is short, so they are counted (model_requests_shed_total, http_requests_total) and never
+# logged one line each (service_kit.app); a line cost ~7% of a worker's CPU at one per request.
+SHED_CODES = frozenset({"deadline_unreachable", "overloaded", "busy"})
+
+
 def error_response(error: ApiError):
+    if error.code in SHED_CODES:
+        g.shed = True
     response = jsonify(error_body(error.code, error.message, g.get("request_id")))
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
 
 
-def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
+def register_error_handlers(app: Flask, retry_after_seconds: int, model_name: str = "") -> None:
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
         return error_response(error)
@@ -86,6 +94,7 @@ def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
 
     @app.errorhandler(Busy)
     def busy(error: Busy):
+        metrics.MODEL_REQUESTS_SHED.labels(model_name, "busy").inc()
         return error_response(ApiError(503, "busy", str(error), {"Retry-After": str(retry_after_seconds)}))
 
     @app.errorhandler(ModelServerError)
@@ -95,8 +104,7 @@ def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
 
     @app.errorhandler(BatcherOverloaded)
     def overloaded(error: BatcherOverloaded):
-        # Refused before any model work: no log line each (shedding comes in floods; the
-        # model_requests_shed_total metric and nginx's log count them).
+        # Refused before any model work (SHED_CODES); the batcher counted it.
         retry = {"Retry-After": str(retry_after_seconds)}
         if error.reason == "queue_full":
             return error_response(ApiError(503, "overloaded", "too many requests wait for the model; retry shortly",
