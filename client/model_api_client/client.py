@@ -1,8 +1,11 @@
 """The HTTP client: one keep-alive session, a timeout on every call, retries where they are safe.
 
-Predictions have no side effects, so POSTs are retried like GETs: on connection errors and on
-502/503/504 (nginx found no instance, the model server is restarting, a deadline passed), waiting
-as long as the server's `Retry-After` says, with a bounded number of attempts.
+Retried is only what did no model work: a connection that could not be made (nothing was sent)
+and 503 (the services answer 503 only when they refused before any model work, or the model
+server is down), after the server's `Retry-After` (at most `max_retry_after` seconds), within a
+bounded number of attempts and the call's deadline. Never a 504 (the deadline is spent), a 502 or
+a connection lost after sending: the request may have reached a model, and sending it again
+repeats that work during an overload, or kills the next replica with the request that killed one.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import base64
 import dataclasses
 import os
 import re
+import time
 from pathlib import Path
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from urllib3.exceptions import ConnectTimeoutError
 
 DEFAULT_URL = os.environ.get("MODEL_API_URL", "http://127.0.0.1:8080")
+# An attempt is not started with less time than this left of the call's deadline.
+_LEAST_ATTEMPT_SECONDS = 0.005
+# Read time allowed past the deadline, for the service's own 503/504 at the deadline to arrive.
+_ANSWER_GRACE_SECONDS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +65,20 @@ def server_timing(header: str | None) -> dict[str, float]:
 
 
 class ModelApiClient:
-    """`deadline_ms`: how long the service may take per request (X-Request-Timeout-Ms); past it
-    the service answers 503 `deadline_unreachable` early or 504, instead of answering late.
+    """`deadline_ms`: how long a call may take, all its attempts together; each attempt tells the
+    service what is left (X-Request-Timeout-Ms), so that it answers 503 `deadline_unreachable`
+    early or 504 instead of answering late. `retries`: attempts after the first (see above).
     `last_timing`: where the last answer's time went on the server, in ms (its Server-Timing)."""
 
     def __init__(self, base_url: str = DEFAULT_URL, *, connect_timeout: float = 3.0, read_timeout: float = 30.0,
-                 retries: int = 3, deadline_ms: float | None = None):
+                 retries: int = 3, deadline_ms: float | None = None, max_retry_after: float = 5.0):
         self.base_url = base_url.rstrip("/")
-        self.timeout = (connect_timeout, read_timeout)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.retries = retries
+        self.deadline_ms = deadline_ms
+        self.max_retry_after = max_retry_after
         self.last_timing: dict[str, float] = {}
-        self.session = requests.Session()
-        if deadline_ms is not None:
-            self.session.headers["X-Request-Timeout-Ms"] = f"{deadline_ms:g}"
-        retry = Retry(total=retries, connect=retries, read=0, status=retries, backoff_factor=0.2,
-                      status_forcelist=(502, 503, 504), allowed_methods=None, respect_retry_after_header=True,
-                      raise_on_status=False)
-        self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.session.mount("https://", HTTPAdapter(max_retries=retry))
+        self.session = requests.Session()  # its adapters retry nothing themselves: _post decides
 
     def sentiment(self, text: str) -> Sentiment:
         return _sentiment(self._post_json("/lstm", {"line": text}))
@@ -86,8 +90,8 @@ class ModelApiClient:
     def saliency(self, image: bytes | str | Path) -> SaliencyMask:
         """The mask of an image given as bytes or a file path (JPEG, PNG, BMP, WebP, ...)."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        reply = self.session.post(f"{self.base_url}/cv_sod", data=data, timeout=self.timeout,
-                                  headers={"Content-Type": "application/octet-stream", "Accept": "application/json"})
+        reply = self._post("/cv_sod", data=data,
+                           headers={"Content-Type": "application/octet-stream", "Accept": "application/json"})
         answer = self._checked(reply).json()
         return SaliencyMask(base64.b64decode(answer["mask_png"]), answer["width"], answer["height"],
                             answer.get("model_version"))
@@ -102,11 +106,59 @@ class ModelApiClient:
         self.close()
 
     def _post_json(self, path: str, body: dict) -> dict:
-        return self._checked(self.session.post(f"{self.base_url}{path}", json=body, timeout=self.timeout)).json()
+        return self._checked(self._post(path, json=body)).json()
+
+    def _post(self, path: str, headers: dict[str, str] | None = None, **body: object) -> requests.Response:
+        """The last answer of up to 1 + `retries` attempts, within the deadline (see the module)."""
+        end = None if self.deadline_ms is None else time.monotonic() + self.deadline_ms / 1000
+        attempt = 0
+        while True:
+            own_headers = dict(headers or {})
+            timeout = (self.connect_timeout, self.read_timeout)
+            if end is not None:
+                left = end - time.monotonic()
+                own_headers["X-Request-Timeout-Ms"] = f"{max(0.001, 1000 * left):.3f}"
+                timeout = (min(self.connect_timeout, max(left, _LEAST_ATTEMPT_SECONDS)),
+                           min(self.read_timeout, max(left, 0.0) + _ANSWER_GRACE_SECONDS))
+            try:
+                reply = self.session.post(f"{self.base_url}{path}", headers=own_headers, timeout=timeout, **body)
+            except requests.ConnectionError as error:
+                pause = self._pause_before_retry(attempt, 0.1 * 2 ** attempt, end) if _never_sent(error) else None
+                if pause is None:
+                    raise
+            else:
+                if reply.status_code != 503:
+                    return reply
+                pause = self._pause_before_retry(attempt, _retry_after(reply, 0.1 * 2 ** attempt), end)
+                if pause is None:
+                    return reply
+            time.sleep(pause)
+            attempt += 1
+
+    def _pause_before_retry(self, attempt: int, wait: float, end: float | None) -> float | None:
+        """How long to wait before the next attempt; None: no retry (none left, or no time after the wait)."""
+        wait = min(max(0.0, wait), self.max_retry_after)
+        if attempt >= self.retries or (end is not None and time.monotonic() + wait > end - _LEAST_ATTEMPT_SECONDS):
+            return None
+        return wait
 
     def _checked(self, reply: requests.Response) -> requests.Response:
         self.last_timing = server_timing(reply.headers.get("Server-Timing"))
         return _checked(reply)
+
+
+def _never_sent(error: requests.ConnectionError) -> bool:
+    """The connection could not be made (refused, timed out, no such host): nothing reached the server."""
+    cause = error.args[0] if error.args else None
+    return isinstance(getattr(cause, "reason", None), ConnectTimeoutError)
+
+
+def _retry_after(reply: requests.Response, otherwise: float) -> float:
+    """The answer's `Retry-After` in seconds (the services send seconds; a date counts as absent)."""
+    try:
+        return float(reply.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return otherwise
 
 
 def _checked(reply: requests.Response) -> requests.Response:

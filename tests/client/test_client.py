@@ -1,5 +1,6 @@
-"""The client package and its CLI: against the running local stack, and its retries against a
-stand-in server that answers 503 first."""
+"""The client package and its CLI: against the running local stack, and its retries and deadline
+against a local stand-in server that answers what each test scripts (503 with Retry-After, 504, a
+hang)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import json
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
 import pytest
+import requests
 
 from model_api_client import ApiError, ModelApiClient
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 PHOTO = REPO_ROOT / "bench" / "images" / "coffee_600x400.jpg"
 
@@ -87,18 +91,23 @@ def test_client_exposes_server_timing_and_sends_its_deadline(stack):
     assert result.returncode == 0 and "server timing: preprocess" in result.stderr and "model" in result.stderr
 
 
-class FlakyHandler(http.server.BaseHTTPRequestHandler):
-    """503 with Retry-After for the first two requests, then an answer."""
+ANSWER = b'{"label":"POS","class_id":1,"probabilities":[0.1,0.9],"model_version":3}'
 
-    calls = 0
+
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers the n-th POST with `script[n]` (status, extra headers, seconds to wait first), the
+    last entry again once the script runs out; notes when each request came and its headers."""
+
+    script: list[tuple[int, dict[str, str], float]] = []
+    seen: list[tuple[float, dict[str, str]]] = []
 
     def do_POST(self):  # noqa: N802 - http.server's naming
-        type(self).calls += 1
+        cls = type(self)
+        cls.seen.append((time.monotonic(), dict(self.headers)))
         self.rfile.read(int(self.headers["Content-Length"]))
-        if type(self).calls <= 2:
-            body, status, headers = b'{"error":{"code":"unavailable","message":"later"}}', 503, {"Retry-After": "0"}
-        else:
-            body, status, headers = b'{"label":"POS","class_id":1,"probabilities":[0.1,0.9],"model_version":3}', 200, {}
+        status, headers, delay = cls.script[min(len(cls.seen), len(cls.script)) - 1]
+        time.sleep(delay)
+        body = ANSWER if status == 200 else b'{"error":{"code":"refused","message":"later"}}'
         self.send_response(status)
         for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)), **headers}.items():
             self.send_header(name, value)
@@ -109,17 +118,87 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_client_retries_503_after_retry_after_then_gives_up():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., str]]:
+    """A local HTTP server; call it with the script (see ScriptedHandler) to get its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScriptedHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        FlakyHandler.calls = 0
-        assert ModelApiClient(url, retries=3).sentiment("好").model_version == 3
-        assert FlakyHandler.calls == 3, "two 503s retried, POST included"
-        FlakyHandler.calls = 0
-        with pytest.raises(ApiError) as caught:
-            ModelApiClient(url, retries=1).sentiment("好")
-        assert caught.value.status == 503 and caught.value.code == "unavailable"
-    finally:
-        server.shutdown()
+
+    def start(*script: tuple[int, dict[str, str], float]) -> str:
+        ScriptedHandler.script, ScriptedHandler.seen = list(script), []
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    server.shutdown()
+
+
+def timed(call: Callable[[], object], limit: float = 5.0) -> tuple[object, float]:
+    """`call`'s result (or the exception it raised) and its seconds; a call past `limit` fails the
+    test without holding it up (the older client slept as long as Retry-After said, up to 6 h)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert outcome, f"still running after {limit} s"
+    return outcome[0], time.monotonic() - started
+
+
+def test_client_retries_503_after_retry_after_then_gives_up(scripted):
+    url = scripted((503, {"Retry-After": "0"}, 0), (503, {"Retry-After": "0"}, 0), (200, {}, 0))
+    assert ModelApiClient(url, retries=3).sentiment("好").model_version == 3
+    assert len(ScriptedHandler.seen) == 3, "two 503s retried"
+    url = scripted((503, {"Retry-After": "0"}, 0))
+    with pytest.raises(ApiError) as caught:
+        ModelApiClient(url, retries=1).sentiment("好")
+    assert caught.value.status == 503 and caught.value.code == "refused" and len(ScriptedHandler.seen) == 2
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_an_answer_that_may_have_come_after_model_work_is_never_retried(scripted, status):
+    url = scripted((status, {"Retry-After": "0"}, 0), (200, {}, 0))
+    outcome, seconds = timed(lambda: ModelApiClient(url, retries=3).sentiment("好"))
+    assert isinstance(outcome, ApiError) and outcome.status == status
+    assert len(ScriptedHandler.seen) == 1
+
+
+def test_retry_after_is_obeyed_up_to_a_few_seconds_and_never_past_the_deadline(scripted):
+    url = scripted((503, {"Retry-After": "3600"}, 0), (200, {}, 0))
+    outcome, seconds = timed(lambda: ModelApiClient(url, retries=3, deadline_ms=500).sentiment("好"))
+    assert isinstance(outcome, ApiError) and outcome.status == 503, "no time to wait an hour: the 503 at once"
+    assert len(ScriptedHandler.seen) == 1 and seconds < 0.5
+    url = scripted((503, {"Retry-After": "3600"}, 0), (503, {"Retry-After": "3600"}, 0), (200, {}, 0))
+    outcome, seconds = timed(lambda: ModelApiClient(url, retries=3, max_retry_after=0.2).sentiment("好"))
+    assert outcome.model_version == 3 and len(ScriptedHandler.seen) == 3 and 0.4 <= seconds < 1.5
+
+
+def test_the_deadline_spans_every_attempt_and_each_says_what_is_left(scripted):
+    url = scripted((503, {"Retry-After": "0"}, 0.2))  # each attempt answered in 0.2 s
+    outcome, seconds = timed(lambda: ModelApiClient(url, retries=100, deadline_ms=700).sentiment("好"))
+    assert isinstance(outcome, ApiError) and outcome.status == 503
+    assert 0.6 <= seconds < 1.0 and len(ScriptedHandler.seen) == 4  # the last started with 0.1 s left
+    first = ScriptedHandler.seen[0][0]
+    for at, headers in ScriptedHandler.seen:
+        left = float(headers["X-Request-Timeout-Ms"])
+        assert 0 < left <= 700 - 1000 * (at - first) + 5, (left, at - first)
+
+
+def test_a_call_that_hangs_is_given_up_at_its_deadline(scripted):
+    url = scripted((200, {}, 3.0))
+    outcome, seconds = timed(lambda: ModelApiClient(url, deadline_ms=300).sentiment("好"))
+    assert isinstance(outcome, requests.Timeout) and seconds < 1.0 and len(ScriptedHandler.seen) == 1
+
+
+def test_a_connection_that_cannot_be_made_is_retried_within_the_deadline():
+    closed = f"http://127.0.0.1:{free_port()}"
+    outcome, seconds = timed(lambda: ModelApiClient(closed, retries=50, deadline_ms=400).sentiment("好"))
+    assert isinstance(outcome, requests.ConnectionError) and 0.2 <= seconds < 0.6
+    outcome, seconds = timed(lambda: ModelApiClient(closed, retries=2).sentiment("好"))
+    assert isinstance(outcome, requests.ConnectionError) and 0.2 <= seconds < 1.0  # 0.1 + 0.2 s apart
