@@ -15,6 +15,9 @@ if typing.TYPE_CHECKING:
     from vision_api.settings import VisionApiSettings
 
 
+DECODERS_START_SECONDS = 60
+
+
 def create_app(settings: VisionApiSettings | None = None, client: ModelServerClient | None = None) -> Flask:
     from service_kit.app import create_service_app
     from vision_api.routes import blueprint
@@ -24,6 +27,8 @@ def create_app(settings: VisionApiSettings | None = None, client: ModelServerCli
     settings = settings or VisionApiSettings.from_env()
     app = create_service_app(__name__, settings, client)
     app.extensions["saliency_model"] = model = SaliencyModel(app.extensions["model_client"], settings)
-    model.decoders.start()  # the children import OpenCV while the worker finishes starting
+    # A worker serves once its decoding children can decode (they import OpenCV: ~0.3 s); a request
+    # that came sooner would wait for them, or be refused as busy when its deadline is short.
+    model.decoders.wait_ready(DECODERS_START_SECONDS)
     app.register_blueprint(blueprint)
     return app

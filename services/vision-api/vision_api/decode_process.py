@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import resource
@@ -36,6 +37,8 @@ from model_preprocessing.image import MODEL_SIZE
 from service_kit.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from vision_api.image_decoding import ImageHeader, decode_file, decode_flags, model_example
 
+log = logging.getLogger(__name__)
+
 _LENGTHS = struct.Struct("!II")  # header bytes, payload bytes
 _READY = b"R"
 _ERRORS = {kind.__name__: kind for kind in (InvalidInput, InputTooLarge, UnsupportedInput, UnusableInput)}
@@ -44,6 +47,10 @@ _ERRORS = {kind.__name__: kind for kind in (InvalidInput, InputTooLarge, Unsuppo
 CHILD_SLACK_BYTES = 48 * 2**20
 # Most favourable to the kernel's OOM killer: in a full cgroup, a decoding child goes first.
 _OOM_SCORE_ADJ = "1000"
+
+
+class CallerGaveUp(TimeoutError):
+    """The caller's deadline came before the child's answer (which is still to come)."""
 
 
 class DecodeProcess:
@@ -64,6 +71,7 @@ class DecodeProcess:
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, env=self.environment)
         self.socket = ours
         self.ready = False  # the child says so once it has imported OpenCV
+        self._abandoned_until: float | None = None  # a job whose caller stopped waiting ends by then
         # A pool dropped without close() (a test's app) must not leave its child behind.
         self._finalizer = weakref.finalize(self, _stop, self.process, ours)
 
@@ -79,36 +87,72 @@ class DecodeProcess:
         except TimeoutError:
             raise Busy("this worker's image decoder is still starting; retry shortly") from None
         except (OSError, ConnectionError):
-            self.replace()
+            self.replace("it died while starting")
             raise Busy("this worker's image decoder failed to start; retry shortly") from None
 
-    def prepare(self, data: bytes, header: ImageHeader, memory_bytes: int, seconds: float) -> np.ndarray:
+    def prepare(self, data: bytes, header: ImageHeader, memory_bytes: int, time_limit: float,
+                wait_seconds: float | None = None) -> np.ndarray:
         """The model input of an image whose header was read and checked, or the InputError the
-        child found; past `seconds` the child is killed (TimeoutError), past `memory_bytes` it
-        fails (InputTooLarge)."""
+        child found. Past `time_limit` the child is killed (TimeoutError); past `memory_bytes` it
+        fails (InputTooLarge). A caller that waits less (`wait_seconds`: its deadline) gets
+        CallerGaveUp then, and the child finishes that image in its own time, its answer thrown
+        away by whoever uses it next: a decode within its limits is not killed for the caller's haste."""
         assert self.socket is not None and self.ready
+        self._finish_abandoned()
         job = {"flags": decode_flags(header, MODEL_SIZE), "orientation": header.orientation, "kind": header.kind,
-               "memory_bytes": memory_bytes, "seconds": seconds}
+               "memory_bytes": memory_bytes, "seconds": time_limit}
         header_bytes = json.dumps(job).encode()
-        self.socket.settimeout(max(0.001, seconds))
+        started = time.monotonic()
         try:
+            self.socket.settimeout(max(0.001, time_limit))  # the child reads as fast as it can
             self.socket.sendall(_LENGTHS.pack(len(header_bytes), len(data)) + header_bytes)
             self.socket.sendall(data)
-            reply = json.loads(_receive(self.socket, _LENGTHS.unpack(_receive(self.socket, _LENGTHS.size))[0]))
-            payload = _receive(self.socket, reply["payload_bytes"])
-        except TimeoutError:
-            self.replace()
+            wait = time_limit if wait_seconds is None else min(time_limit, wait_seconds)
+            self.socket.settimeout(max(0.001, started + wait - time.monotonic()))
+            try:
+                lengths = _receive(self.socket, _LENGTHS.size)  # all at once: sent in one go, after the work
+            except TimeoutError:
+                if wait >= time_limit:
+                    raise
+                self._abandoned_until = started + time_limit
+                raise CallerGaveUp("the request's deadline passed while its image was decoded") from None
+            self.socket.settimeout(1.0)  # the rest is on its way: the child sends its answer in one go
+            reply, payload = self._reply(lengths)
+        except CallerGaveUp:
             raise
-        except (OSError, ConnectionError, ValueError, KeyError):  # the child died under the image
-            self.replace()
+        except TimeoutError:
+            self.replace(f"an image took more than {time_limit:g} s")
+            raise
+        except (OSError, ConnectionError, ValueError, KeyError) as error:  # the child died under the image
+            self.replace(f"it died decoding an image ({type(error).__name__})")
             raise InputTooLarge("image_too_costly", "decoding the image took more memory than its share; "
                                 "send a smaller or simpler image") from None
         if "error" in reply:
             raise _ERRORS[reply["error"]](reply["code"], reply["message"])
         return np.frombuffer(payload, dtype=reply["dtype"]).reshape(reply["shape"])
 
-    def replace(self) -> None:
+    def _reply(self, lengths: bytes | None = None) -> tuple[dict, bytes | bytearray]:
+        assert self.socket is not None
+        lengths = lengths or _receive(self.socket, _LENGTHS.size)
+        reply = json.loads(_receive(self.socket, _LENGTHS.unpack(lengths)[0]))
+        return reply, _receive(self.socket, reply["payload_bytes"])
+
+    def _finish_abandoned(self) -> None:
+        """Wait out (and drop) the answer to an image its caller stopped waiting for; past that
+        image's own time limit, the child is killed."""
+        if self._abandoned_until is None:
+            return
+        assert self.socket is not None
+        self.socket.settimeout(max(0.001, self._abandoned_until - time.monotonic()))
+        try:
+            self._reply()
+        except (OSError, ConnectionError, ValueError, KeyError) as error:  # TimeoutError is an OSError
+            self.replace(f"an image whose caller gave up was not done in its time ({type(error).__name__})")
+        self._abandoned_until = None
+
+    def replace(self, reason: str) -> None:
         """Kill the child and start another (it imports OpenCV meanwhile, in parallel)."""
+        log.warning("decoding child %s replaced: %s", self.process.pid if self.process else None, reason)
         self.close()
         self.spawn()
 

@@ -15,7 +15,7 @@ from service_kit.batching import BatchDeadlineExceeded
 from service_kit.memory import ByteBudget
 from service_kit.model_endpoint import Busy, InputTooLarge, ModelEndpoint
 from tfserving_client import ModelServerClient
-from vision_api.decode_process import DecodePool
+from vision_api.decode_process import CallerGaveUp, DecodePool
 from vision_api.image_decoding import ImageHeader, read_header
 from vision_api.settings import VisionApiSettings
 
@@ -106,17 +106,17 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
         return SaliencyMask(png.tobytes(), width, height, version)
 
     def _example(self, image_bytes: bytes, header: ImageHeader, reserved: int) -> np.ndarray:
-        """The model input, made by a decoding child within the image's memory share and a time
-        limit (DECODE_TIMEOUT_SECONDS, or less when the request's deadline is nearer)."""
+        """The model input, made by a decoding child within the image's memory share and
+        DECODE_TIMEOUT_SECONDS; the request waits for it until its deadline (then 504)."""
         budget = deadlines.current_or_default(self.settings)
         with self.decoders.process(wait_seconds=budget.remaining()) as decoder:
             decoder.wait_ready(budget.remaining())
-            seconds = min(self.settings.decode_timeout_seconds, budget.remaining())
             try:
-                return decoder.prepare(image_bytes, header, reserved, seconds)
+                return decoder.prepare(image_bytes, header, reserved, self.settings.decode_timeout_seconds,
+                                       wait_seconds=budget.remaining())
+            except CallerGaveUp:
+                raise BatchDeadlineExceeded("the request's deadline passed while its image was decoded") from None
             except TimeoutError:
-                if seconds < self.settings.decode_timeout_seconds:
-                    raise BatchDeadlineExceeded("the request's deadline passed while its image was decoded") from None
                 raise InputTooLarge("image_too_costly", f"decoding the image took more than "
                                     f"{self.settings.decode_timeout_seconds:g} s; send a smaller or simpler "
                                     "image") from None

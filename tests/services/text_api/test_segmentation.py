@@ -63,7 +63,7 @@ def test_the_largest_body_does_not_hold_the_loop(one_worker):
             assert requests.get(f"{instance.url}/healthz", timeout=10).ok
             slowest = max(slowest, time.monotonic() - started)
         assert answer.result().status_code == 200, answer.result().text
-    assert slowest < 0.1, f"/healthz took {slowest * 1000:.0f} ms during the segmentation"
+    assert slowest < 0.2, f"/healthz took {slowest * 1000:.0f} ms during the segmentation"
 
 
 def test_a_burst_of_the_largest_bodies_is_answered_or_refused_within_its_deadline(one_worker):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
+from tests.services.vision_api import crafted_images
 from vision_api.image_decoding import read_header
 from vision_api.saliency import SaliencyModel
 from vision_api.settings import VisionApiSettings
@@ -21,20 +23,28 @@ from vision_api.settings import VisionApiSettings
 @dataclasses.dataclass(frozen=True)
 class Kind:
     name: str
-    extension: str
+    extension: str  # OpenCV encodes these; the crafted kinds say so with `make`
     channels: int
     depth: type = np.uint8
     aspect: float = 1.5  # width / height
     height: int | None = None  # fixed height (a strip too narrow for reduced JPEG decoding)
+    make: Callable[[int, int], bytes] | None = None  # (width, height) -> file, instead of OpenCV's encoder
+    max_pixels: int | None = None  # where the body limit (20 MB) binds before memory does
 
 
 KINDS = (
     Kind("jpeg", ".jpg", 3),
     Kind("jpeg-strip", ".jpg", 3, height=600),
+    Kind("jpeg-progressive-444", ".jpg", 3, make=crafted_images.progressive_jpeg),
+    Kind("jpeg-32-scans", ".jpg", 1, make=lambda w, h: crafted_images.many_scan_jpeg(26, w, h)),
     Kind("png-gray", ".png", 1),
     Kind("png-rgba", ".png", 4),
     Kind("png-16bit", ".png", 3, np.uint16),
     Kind("png-16bit-rgba", ".png", 4, np.uint16),
+    Kind("gif", ".gif", 4, make=crafted_images.flat_gif),
+    Kind("webp-lossy", ".webp", 3),
+    Kind("webp-lossless", ".webp", 4, make=crafted_images.lossless_webp),
+    Kind("bmp", ".bmp", 3, max_pixels=6_000_000),
 )
 
 
@@ -45,9 +55,9 @@ def largest_images(memory_limit_mb: int, kinds: tuple[Kind, ...] = KINDS) -> dic
 
 
 def _largest(kind: Kind, model: SaliencyModel) -> bytes:
-    width, height = _size(kind, 1000)
+    width, height = _size(kind, 200_000)  # large enough that a JPEG's block padding does not count much
     sample = _encode(kind, width, height)
-    allowed = model.max_pixels(read_header(sample))
+    allowed = min(model.max_pixels(read_header(sample)), kind.max_pixels or math.inf)
     # The body counts too (decoding reads a copy): leave it a little room.
     width, height = _size(kind, int(allowed * 0.97))
     data = _encode(kind, width, height)
@@ -64,6 +74,8 @@ def _size(kind: Kind, pixels: int) -> tuple[int, int]:
 
 
 def _encode(kind: Kind, width: int, height: int) -> bytes:
+    if kind.make is not None:
+        return kind.make(width, height)
     top = np.iinfo(kind.depth).max
     row = np.linspace(0, top, width).astype(kind.depth)
     image = np.empty((height, width, kind.channels), kind.depth)

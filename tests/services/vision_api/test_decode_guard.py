@@ -14,8 +14,10 @@ from tests.services.conftest import start_api
 from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo
 
-# The most scans allowed (32) over 27 MP: about 0.7 s of libjpeg, within every limit.
-SLOW_TO_DECODE = crafted_images.many_scan_jpeg(26, 6000, 4500)
+# The most scans allowed (32) over 40 MP: about 1 s of libjpeg, within every limit.
+SLOW_TO_DECODE = crafted_images.many_scan_jpeg(26, 7700, 5190)
+# Far below the decode's time: what a busy machine adds to a health check, not a blocked loop.
+HEALTH_CHECK_BOUND_SECONDS = 0.3
 NORMAL = encode(photo(300, 400), ".jpg")
 
 
@@ -52,7 +54,7 @@ def test_the_worker_serves_on_while_an_image_is_decoded(vision_api):
     included, was answered until it ended (a 10,000-scan JPEG: 30 s)."""
     reply, slowest = slowest_health_check_during(vision_api.url, SLOW_TO_DECODE)
     assert reply.status_code == 200, reply.text
-    assert slowest < 0.15, f"/healthz took {slowest * 1000:.0f} ms while an image was decoded"
+    assert slowest < HEALTH_CHECK_BOUND_SECONDS, f"/healthz took {slowest * 1000:.0f} ms while an image was decoded"
 
 
 def test_a_decode_past_its_time_is_a_413_and_costs_the_worker_nothing(guarded):
@@ -62,7 +64,7 @@ def test_a_decode_past_its_time_is_a_413_and_costs_the_worker_nothing(guarded):
     started = time.monotonic()
     reply, slowest = slowest_health_check_during(instance.url, SLOW_TO_DECODE)
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "image_too_costly", reply.text
-    assert time.monotonic() - started < 2 and slowest < 0.15
+    assert time.monotonic() - started < 2 and slowest < HEALTH_CHECK_BOUND_SECONDS
     assert post(instance.url, NORMAL).status_code == 200, "a new decoder answers the next image"
     assert worker.is_running() and psutil.Process(instance.process.process.pid).children() == [worker]
     assert not first_decoder.is_running(), "the decoder that overran was killed"

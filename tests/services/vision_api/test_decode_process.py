@@ -12,7 +12,7 @@ import pytest
 from service_kit.input_errors import Busy, InputTooLarge, InvalidInput
 from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo
-from vision_api.decode_process import DecodePool, DecodeProcess
+from vision_api.decode_process import CallerGaveUp, DecodePool, DecodeProcess
 from vision_api.image_decoding import decode_image, model_example, read_header
 
 MB = 2**20
@@ -86,6 +86,17 @@ def test_opencv_in_the_child_is_told_the_pixel_limit_before_it_loads():
             prepare(limited, encode(photo(100, 110), ".png"))  # 11,000 pixels: OpenCV itself refuses
     finally:
         limited.close()
+
+
+def test_a_caller_that_stops_waiting_does_not_cost_the_decode(child):
+    """A request whose deadline comes mid-decode is answered then; the child finishes the image
+    within its own limit and serves the next one (killing it would cost a restart each time)."""
+    slow = crafted_images.many_scan_jpeg(26, 6000, 4500)  # about 0.7 s
+    pid = child.process.pid
+    with pytest.raises(CallerGaveUp):
+        child.prepare(slow, read_header(slow), 512 * MB, time_limit=30, wait_seconds=0.1)
+    assert prepare(child, encode(photo(), ".png")).shape == (320, 320, 3)
+    assert child.process.pid == pid
 
 
 def test_a_pool_hands_out_its_children_and_says_busy_when_none_is_free():

@@ -119,7 +119,6 @@ def test_images_past_the_memory_budget_wait_then_get_a_503(vision_client_fake):
     app = create_app(VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
                      client=vision_client_fake)
     images = app.extensions["saliency_model"].images
-    app.extensions["saliency_model"].decoders.wait_ready(10)  # create_app starts them, and does not wait
     with images.reserve(images.capacity, timeout=1):  # other requests hold the whole image share
         reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
     assert reply.status_code == 503 and reply.json["error"]["code"] == "busy" and reply.headers["Retry-After"]
