@@ -11,6 +11,7 @@ whole again before it ends. The same steady load and the same fault table as loc
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from tests.compose.docker_host import (
 )
 from tests.conftest import api_ready, wait_until
 from tests.faults.load import HttpLoad, check_model_server_outage, lstm_answers, models_available, record_fault
+from tests.faults.worst_inputs import under_worst_inputs
 from tests.own_model import NAME, ROUTE, add_third_service, copy_of_the_repository
 from tests.services.vision_api.largest_images import largest_images
 
@@ -121,6 +123,24 @@ def test_the_largest_images_several_at_once_under_the_real_memory_limit(compose)
     logs = compose.run("logs", "--no-color", "vision-api").stdout
     assert "SIGKILL" not in logs and "out of memory" not in logs
     assert all(not compose.inspect(c["Name"])["State"]["OOMKilled"] for c in compose.containers("vision-api"))
+
+
+def test_a_stream_of_the_worst_inputs_loses_no_normal_request_and_no_worker(compose, fault_table):
+    """Issue 20 under the real limits (512 MB and one CPU per vision-api replica): one worst input
+    a second per API replica for a minute, beside a steady load of sentences and photos. Before,
+    one 40 MP GIF OOM-killed both vision-api workers in turn and /cv_sod answered nothing for 10 s."""
+    replicas = [c["Name"] for service in ("text-api", "vision-api") for c in compose.containers(service)]
+    restarts = {name: restart_count(compose, name) for name in replicas}
+    since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # one kernel, one clock
+    load, stream = under_worst_inputs(compose.url, replicas=len(replicas))
+    record_fault(fault_table, "a worst input a second per replica for 60 s (issue 20)", load,
+                 f"{stream.summary()}; no worker or container replaced")
+    assert load.failed() == [], load.failed()[:5]
+    assert stream.mishandled() == [], stream.mishandled()[:5]
+    logs = compose.run("logs", "--no-color", "--since", since, "text-api", "vision-api").stdout
+    assert "SIGKILL" not in logs and "WORKER TIMEOUT" not in logs and "Booting worker" not in logs
+    assert {name: restart_count(compose, name) for name in replicas} == restarts
+    assert all(not compose.inspect(name)["State"]["OOMKilled"] for name in replicas)
 
 
 def test_scaling_to_six_under_load_needs_no_reload_and_back_to_two_loses_nothing(compose, fault_table):
