@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,11 @@ import pytest
 from model_preprocessing.text import pad_batch, segment
 from model_server.batching import BatchScheduler
 from model_server.config import BatchingParameters
+from model_server.core import ServerCore
 from model_server.errors import ServingError
+from model_server.monitoring import METRICS
 from model_server.servable import Servable
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import MODEL_REPOSITORY, wait_until
 
 
 class RecordingModel:
@@ -150,3 +153,74 @@ def test_batched_lstm_answers_equal_unbatched_ones():
     for single, together in zip(alone, batched):
         assert single["labels"].tolist() == together["labels"].tolist()
         np.testing.assert_allclose(single["softmax"], together["softmax"], atol=1e-5)
+
+
+def expired_count(model: str) -> float:
+    text = METRICS.exposition()
+    found = re.search(rf'model_server_batching_expired_tasks_total{{model_name="{model}"}} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+class BlockedModel(RecordingModel):
+    """Holds the batch thread in its first call until released."""
+
+    def __init__(self):
+        super().__init__(delay=0)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, inputs):
+        self.entered.set()
+        self.release.wait(10)
+        return super().__call__(inputs)
+
+
+@pytest.mark.parametrize("give_up", ["deadline", "cancel"])
+def test_a_task_whose_caller_gave_up_is_dropped_not_run(give_up):
+    """Its caller already answered DEADLINE_EXCEEDED: running it would only delay the others."""
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=1, num_batch_threads=1))
+    model, name = BlockedModel(), f"expiring-{give_up}"
+    try:
+        first = scheduler.submit("m", model, {"x": np.zeros((1, 1))}, model=name)
+        assert model.entered.wait(10)  # the only thread is busy with the first task
+        deadline = time.monotonic() + 0.05 if give_up == "deadline" else None
+        abandoned = scheduler.submit("m", model, {"x": np.ones((1, 1))}, deadline=deadline, model=name)
+        waiting = scheduler.submit("m", model, {"x": np.full((1, 1), 2.0)}, model=name)
+        if give_up == "cancel":
+            assert abandoned.cancel()
+        time.sleep(0.1)
+        model.release.set()
+        first.result(timeout=10)
+        assert waiting.result(timeout=10)["y"].tolist() == [[4.0]]
+        assert abandoned.cancelled()
+    finally:
+        model.release.set()
+        scheduler.stop()
+    assert model.calls == [1, 1], "the abandoned task was run"
+    assert expired_count(name) == 1
+
+
+def test_the_core_gives_up_a_queued_task_when_its_caller_times_out():
+    core = ServerCore(batching=BatchingParameters(max_batch_size=1, num_batch_threads=1))
+    model = BlockedModel()
+
+    class FakeServable:
+        name = "core-expiry"
+
+        def run(self, signature_name, inputs):
+            return model(inputs)
+
+    servable = FakeServable()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(core._run, servable, "", {"x": np.zeros((1, 1))}, None)
+            assert model.entered.wait(10)
+            with pytest.raises(ServingError) as caught:
+                core._run(servable, "", {"x": np.ones((1, 1))}, 0.05)
+            assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            model.release.set()
+            first.result(timeout=10)
+        wait_until(lambda: expired_count("core-expiry") == 1, 5, "the abandoned task to be dropped")
+    finally:
+        model.release.set()
+        core.stop()
+    assert model.calls == [1]

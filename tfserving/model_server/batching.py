@@ -7,6 +7,10 @@ queue. A batch is ready when it is full (`max_batch_size`) or its first task has
 together. `max_enqueued_batches` bounds each queue: past it, callers get UNAVAILABLE at once
 instead of waiting. Variable-length inputs are padded at the end with the first element of
 each task's tensor, as TF Serving does, when `pad_variable_length_inputs` is set.
+
+A task whose caller has given up (its future cancelled, or its deadline passed: the caller has
+answered DEADLINE_EXCEEDED) is dropped when its batch is dispatched, not run: the model's time
+goes to callers still waiting.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from model_server.config import BatchingParameters
 from model_server.errors import invalid_argument, unavailable
+from model_server.monitoring import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,8 @@ class _Task:
     inputs: dict[str, np.ndarray]
     size: int
     future: Future
+    deadline: float | None  # time.monotonic(); None: the caller waits as long as it takes
+    model: str  # for the metrics
 
 
 @dataclasses.dataclass
@@ -68,8 +75,10 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, key: Hashable, run: RunBatch, inputs: dict[str, np.ndarray]) -> Future:
-        """Queue one request's inputs; the future resolves to that request's slice of the outputs."""
+    def submit(self, key: Hashable, run: RunBatch, inputs: dict[str, np.ndarray],
+               deadline: float | None = None, model: str = "") -> Future:
+        """Queue one request's inputs; the future resolves to that request's slice of the outputs.
+        Cancel it (or let `deadline` pass) to have the task dropped unrun."""
         sizes = {value.shape[0] if value.ndim else -1 for value in inputs.values()}
         if len(sizes) != 1 or -1 in sizes:
             raise invalid_argument(
@@ -80,7 +89,7 @@ class BatchScheduler:
             raise invalid_argument(
                 f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}"
             )
-        task = _Task(inputs, size, Future())
+        task = _Task(inputs, size, Future(), deadline, model)
         with self._cond:
             queue = self._queues.get(key)
             if queue is None:
@@ -150,6 +159,9 @@ class BatchScheduler:
             del self._queues[key]
 
     def _execute(self, run: RunBatch, tasks: list[_Task]) -> None:
+        tasks = self._still_wanted(tasks)
+        if not tasks:
+            return
         try:
             merged, padded_size = self._merge([t.inputs for t in tasks], sum(t.size for t in tasks))
             self.batch_size_counts[padded_size] += 1
@@ -162,6 +174,20 @@ class BatchScheduler:
             for task in tasks:
                 if not task.future.done():
                     task.future.set_exception(error)
+
+    def _still_wanted(self, tasks: list[_Task]) -> list[_Task]:
+        """The tasks whose callers still wait, marked running (a caller can no longer cancel them);
+        the others are dropped and counted."""
+        now = time.monotonic()
+        wanted = []
+        for task in tasks:
+            if task.deadline is not None and task.deadline <= now:
+                task.future.cancel()
+            if task.future.set_running_or_notify_cancel():
+                wanted.append(task)
+            else:
+                METRICS.count_expired_task(task.model)
+        return wanted
 
     def _merge(self, inputs: list[dict[str, np.ndarray]], total: int) -> tuple[dict[str, np.ndarray], int]:
         padded_size = next((s for s in self.params.allowed_batch_sizes if s >= total), total)

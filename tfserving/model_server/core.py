@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import logging
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -252,9 +253,11 @@ class ServerCore:
         if self.batcher is None:
             return servable.run(signature_name, inputs)
         future = self.batcher.submit(
-            (id(servable), signature_name), lambda batch: servable.run(signature_name, batch), inputs
+            (id(servable), signature_name), lambda batch: servable.run(signature_name, batch), inputs,
+            deadline=None if timeout is None else time.monotonic() + timeout, model=servable.name,
         )
         try:
             return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            future.cancel()  # not run if still queued
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded while batching") from None

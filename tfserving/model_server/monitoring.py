@@ -4,6 +4,11 @@ one dashboard and one scrape config read either server:
     :tensorflow:serving:request_count{model_name, status}            counter
     :tensorflow:serving:request_latency{model_name, API, entrypoint}  histogram, microseconds
 
+and one of this server's own (TF Serving has no such metric):
+
+    model_server_batching_expired_tasks_total{model_name}  counter: batched tasks dropped unrun,
+                                                            their callers having given up
+
 The config is TF Serving's text MonitoringConfig; only `prometheus_config { enable, path }`
 exists in it. Written by hand (no prometheus_client) to keep the colon-led names and TF Serving's
 bucket bounds exactly.
@@ -47,6 +52,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._latency: dict[tuple[str, str, str], list[float]] = {}
+        self._expired_tasks: collections.Counter[str] = collections.Counter()  # by model; names from the config
 
     def observe(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         microseconds = seconds * 1e6
@@ -59,10 +65,15 @@ class Metrics:
             buckets[-2] += microseconds
             buckets[-1] += 1
 
+    def count_expired_task(self, model: str) -> None:
+        with self._lock:
+            self._expired_tasks[model] += 1
+
     def exposition(self) -> str:
         with self._lock:
             requests = dict(self._requests)
             latency = {key: list(values) for key, values in self._latency.items()}
+            expired = dict(self._expired_tasks)
         lines = ["# TYPE :tensorflow:serving:request_count counter"]
         for (model, status), count in sorted(requests.items()):
             labels = f'model_name="{_escape(model)}",status="{status}"'
@@ -77,6 +88,9 @@ class Metrics:
                 lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{le}"}} {running:g}')
             lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {values[-2]:g}")
             lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {values[-1]:g}")
+        lines.append("# TYPE model_server_batching_expired_tasks_total counter")
+        for model, count in sorted(expired.items()):
+            lines.append(f'model_server_batching_expired_tasks_total{{model_name="{_escape(model)}"}} {count}')
         return "\n".join(lines) + "\n"
 
 
