@@ -79,3 +79,12 @@ def test_an_unsupported_tf_serving_flag_is_an_error_not_ignored():
     )
     assert result.returncode == 2
     assert "unrecognized arguments: --ssl_config_file" in result.stderr
+
+
+def test_the_limit_flags_parse_in_tf_serving_spelling():
+    args = build_parser().parse_args(["--grpc_max_threads=8", "--rest_api_num_threads=4",
+                                      "--rest_api_timeout_in_ms=500"])
+    assert (args.grpc_max_threads, args.rest_api_num_threads, args.rest_api_timeout_in_ms) == (8, 4, 500)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--grpc_max_threads=0"])
+

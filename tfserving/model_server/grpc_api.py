@@ -22,12 +22,21 @@ from model_server.core import ModelSpec, ServerCore
 from model_server.errors import ServingError, invalid_argument
 from model_server.monitoring import METRICS
 from model_server.servable import DEFAULT_SIGNATURE
-from model_server.tensors import from_tensor_proto, to_tensor_proto
+from model_server.tensors import MAX_REQUEST_BYTES, from_tensor_protos, to_tensor_proto
 
 log = logging.getLogger(__name__)
 
-# Big enough for batches of 320x320x3 float images (1.2 MB each) and their masks.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# A call's message costs about 4 times its size while it is received and decoded (gRPC's buffer,
+# the bytes, the parsed message, the decoded array: with 16 threads, 96 calls of 61 MB at once
+# raised the server's peak RSS by 4.3 GB), so with messages of at most MAX_REQUEST_BYTES (32 MiB)
+# and 16 threads, at most 16 x 4 x 32 MiB = 2 GiB (96 calls of 32 MB: +1.7 GB), where 64 threads
+# of 256 MiB messages allowed 64 GiB and more (tensors that decode larger than their message).
+# TF Serving's default for --grpc_max_threads is 4 per CPU; ours is fixed, so the bound does not
+# grow with the cores. Calls waiting for a thread hold what gRPC has buffered of their message
+# (13 MB each, measured), so at most 3 per thread may wait; more are refused RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES
+DEFAULT_GRPC_MAX_THREADS = 16
+CALLS_PER_THREAD = 4
 
 
 def model_spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
@@ -69,7 +78,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_abort_on_error
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        inputs = {key: from_tensor_proto(proto) for key, proto in request.inputs.items()}
+        inputs = from_tensor_protos(request.inputs)
         servable, outputs = self.core.predict(
             model_spec_from_proto(request.model_spec),
             inputs,
@@ -138,9 +147,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def start_grpc_server(core: ServerCore, address: str, port: int, threads: int = 64) -> grpc.Server:
+def start_grpc_server(core: ServerCore, address: str, port: int,
+                      max_threads: int = DEFAULT_GRPC_MAX_THREADS) -> grpc.Server:
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=CALLS_PER_THREAD * max_threads,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -22,9 +22,9 @@ from tensorflow_serving.config import model_server_config_pb2
 from model_server.config import read_batching_parameters, read_model_server_config
 from model_server.core import ServerCore
 from model_server.errors import ServingError
-from model_server.grpc_api import start_grpc_server
+from model_server.grpc_api import DEFAULT_GRPC_MAX_THREADS, start_grpc_server
 from model_server.monitoring import read_monitoring_config
-from model_server.rest_api import start_rest_server
+from model_server.rest_api import DEFAULT_NUM_THREADS, DEFAULT_TIMEOUT_SECONDS, start_rest_server
 
 log = logging.getLogger("model_server")
 
@@ -35,6 +35,13 @@ def _bool(text: str) -> bool:
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _rebase(text: str) -> tuple[str, Path]:
@@ -50,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--port", type=int, default=8500, help="gRPC port")
     add("--rest_api_port", type=int, default=0, help="REST port (0: no REST API, as TF Serving)")
+    add("--rest_api_num_threads", type=_positive, default=DEFAULT_NUM_THREADS,
+        help="REST connections served at once; more wait (TF Serving's default: 4 per CPU)")
+    add("--rest_api_timeout_in_ms", type=_positive, default=int(DEFAULT_TIMEOUT_SECONDS * 1000),
+        help="REST calls: the wait for a request, its arrival, and a Predict's wait for the model")
+    add("--grpc_max_threads", type=_positive, default=DEFAULT_GRPC_MAX_THREADS,
+        help="gRPC calls served at once, each holding up to a 32 MiB message (TF Serving's default: 4 per CPU)")
     add("--model_config_file", default="", help="models.config (text ModelServerConfig)")
     add("--model_name", default="default", help="single-model mode: the model's name")
     add("--model_base_path", default="", help="single-model mode: the model's base path")
@@ -112,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as error:
         log.error("cannot apply the model config: %s", error.message)
         return 1
-    grpc_server = start_grpc_server(core, args.listen_address, args.port)
+    grpc_server = start_grpc_server(core, args.listen_address, args.port, args.grpc_max_threads)
     log.info("Running gRPC ModelServer at %s:%d ...", args.listen_address, args.port)
     rest_server = None
     if args.rest_api_port:
-        rest_server = start_rest_server(core, args.listen_address, args.rest_api_port, metrics_path)
+        rest_server = start_rest_server(core, args.listen_address, args.rest_api_port, metrics_path,
+                                        args.rest_api_num_threads, args.rest_api_timeout_in_ms / 1000)
         log.info("Exporting HTTP/REST API at:%s:%d ...", args.listen_address, args.rest_api_port)
     log.info("ready in %.1fs", time.monotonic() - started)
 

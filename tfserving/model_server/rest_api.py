@@ -5,16 +5,23 @@
     POST /v1/models/NAME[/versions/N | /labels/L]:predict    row ("instances") or columnar ("inputs")
 
 The HTTP server is the standard library's threading server: this API carries status checks
-and conformance tests; the API services talk gRPC.
+and conformance tests; the API services talk gRPC. It is bounded all the same: at most
+`--rest_api_num_threads` connections are served at once (the next ones wait in the listen
+backlog), a connection may wait IDLE_SECONDS for its next request, which then has
+`--rest_api_timeout_in_ms` to arrive, and request bodies are read and parsed within a byte budget.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,14 +32,24 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from model_server.core import ModelSpec, ServerCore
-from model_server.errors import ServingError, invalid_argument
+from model_server.errors import ServingError, invalid_argument, unavailable
 from model_server.monitoring import METRICS
 from model_server.servable import DEFAULT_SIGNATURE
-from model_server.tensors import from_json, to_json
+from model_server.tensors import check_request_bytes, decoded_bytes, from_json, to_json
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# JSON costs up to 26 bytes of Python objects per byte of body (measured: 16 MiB of `[],` parse to
+# 411 MiB), so a body may have 16 MiB (a few cv_sod images; the API services use gRPC), and bodies
+# being read and parsed at once may have 16 MiB together: at most ~420 MiB of JSON whatever the
+# number of threads. (A 57 MB body of empty lists took 21 GB once fed to the lstm graph.)
+MAX_BODY_BYTES = 16 * 1024 * 1024
+BODY_BUDGET_BYTES = MAX_BODY_BYTES
+DEFAULT_NUM_THREADS = 16
+DEFAULT_TIMEOUT_SECONDS = 30.0  # TF Serving's --rest_api_timeout_in_ms default
+# How long a connection may wait for its next request, holding a thread (gunicorn's keep-alive
+# default): 150 idle connections keep a new one waiting ~150 / 16 x 2 s = 19 s, not 150 / 16 x 30 s.
+IDLE_SECONDS = 2.0
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -58,12 +75,58 @@ def _batch_rows(instances: list, signature) -> dict[str, np.ndarray]:
 
 
 def _typed(columns: dict, signature) -> dict[str, np.ndarray]:
-    arrays = {}
+    arrays, total = {}, 0
     for key, value in columns.items():
         if key not in signature.inputs:
             raise invalid_argument(f"input {key!r} is not in the signature (expects {sorted(signature.inputs)})")
         arrays[key] = from_json(value, tf.dtypes.as_dtype(signature.inputs[key].dtype), key)
+        total += decoded_bytes(arrays[key])
+        check_request_bytes(total, key)
     return arrays
+
+
+class _ByteBudget:
+    """Bytes that requests may hold at once; a request waits for its share, up to a timeout."""
+
+    def __init__(self, capacity: int):
+        self._free = capacity
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int, timeout: float) -> Iterator[None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free >= nbytes, timeout):
+                raise unavailable("the REST API is busy reading other large requests; try again")
+            self._free -= nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += nbytes
+                self._cond.notify_all()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads: waiting for a request may take `idle` seconds, and receiving it
+    `timeout` from its first byte, so a client sending a byte now and then (slowloris) cannot hold
+    a thread for longer, however short its gaps."""
+
+    def __init__(self, sock: socket.socket, idle: float, timeout: float):
+        self._sock, self._idle, self._timeout = sock, idle, timeout
+        self.deadline: float | None = None  # set when a request's first byte arrives
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self._idle if self.deadline is None else self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"request not received within {self._timeout:g} s")
+        self._sock.settimeout(remaining)
+        received = self._sock.recv_into(buffer)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self._timeout
+        return received
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,6 +134,18 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "model-server"
     core: ServerCore
     metrics_path: str | None = None
+    server: RestServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own reader, replaced by one with a deadline
+        timeout = self.server.timeout_seconds
+        self._reader = _DeadlineReader(self.connection, min(IDLE_SECONDS, timeout), timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = None
+        super().handle_one_request()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.address_string(), *args)
@@ -85,41 +160,45 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and self.metrics_path and self.path.split("?", 1)[0] == self.metrics_path:
             self._reply_text(METRICS.exposition(), "text/plain; version=0.0.4")
             return
-        started, status, model = time.perf_counter(), "OK", None
+        started, status, body = time.perf_counter(), "OK", None
         try:
-            body = self._read_body()
-            match = _PATH.match(self.path.split("?", 1)[0])
-            if not match:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
-                return
-            model = match["name"]
-            spec = ModelSpec(
-                name=match["name"],
-                version=int(match["version"]) if match["version"] else None,
-                label=match["label"],
-            )
-            if method == "GET" and not match["verb"]:
-                payload = self._metadata(spec) if match["metadata"] else self._status(spec)
-            elif method == "POST" and match["verb"] == "predict":
-                payload = self._predict(spec, body)
-            elif method == "POST" and match["verb"]:
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{match['verb']} is not implemented")
-            else:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
-                return
-            self._reply(HTTPStatus.OK, payload)
+            length = self._content_length()
+            with self.server.body_budget.hold(length, self.server.timeout_seconds):
+                body = self._read_body(length)
+                self._answer(method, body)
         except ServingError as error:
             status = error.code.name
+            # A body left unread would be taken for the next request on a keep-alive connection.
+            self.close_connection = self.close_connection or body is None
             self._reply(error.http_status, {"error": error.message})
         except Exception:  # noqa: BLE001 - never a traceback to the caller
             status = "INTERNAL"
             log.exception("unexpected error for %s %s", method, self.path)
             self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error in the model server"})
         finally:
-            if model:
-                api = "Predict" if method == "POST" else "GetModelMetadata" if "/metadata" in self.path \
-                    else "GetModelStatus"
-                METRICS.observe(model, api, "REST", status, time.perf_counter() - started)
+            match = _PATH.match(self.path.split("?", 1)[0])
+            if match:
+                api = "Predict" if method == "POST" else "GetModelMetadata" if match["metadata"] else "GetModelStatus"
+                METRICS.observe(match["name"], api, "REST", status, time.perf_counter() - started)
+
+    def _answer(self, method: str, body: bytes) -> None:
+        """Route one request and reply; errors are raised as ServingError for `_dispatch` to answer."""
+        match = _PATH.match(self.path.split("?", 1)[0])
+        if not match or (method == "GET" and match["verb"]) or (method == "POST" and not match["verb"]):
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"Malformed request: {method} {self.path}"})
+            return
+        spec = ModelSpec(
+            name=match["name"],
+            version=int(match["version"]) if match["version"] else None,
+            label=match["label"],
+        )
+        if method == "GET":
+            payload = self._metadata(spec) if match["metadata"] else self._status(spec)
+        elif match["verb"] == "predict":
+            payload = self._predict(spec, body)
+        else:
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{match['verb']} is not implemented")
+        self._reply(HTTPStatus.OK, payload)
 
     def _status(self, spec: ModelSpec) -> dict:
         statuses = self.core.status(spec.name, spec.version, spec.label)
@@ -150,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _predict(self, spec: ModelSpec, body: bytes) -> dict:
         try:
             request = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise invalid_argument(f"JSON Parse error: {error}") from None
         if not isinstance(request, dict):
             raise invalid_argument("the request body must be a JSON object")
@@ -168,7 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
             inputs = _typed({next(iter(signature.inputs)): request["inputs"]}, signature)
         else:
             raise invalid_argument(f"'inputs' must be an object naming the inputs {sorted(signature.inputs)}")
-        _, outputs = self.core.predict(spec, inputs)
+        _, outputs = self.core.predict(spec, inputs, timeout=self.server.timeout_seconds)
         encoded = {key: to_json(value, key) for key, value in outputs.items()}
         if not row_format:
             return {"outputs": encoded if len(encoded) != 1 else next(iter(encoded.values()))}
@@ -177,18 +256,22 @@ class _Handler(BaseHTTPRequestHandler):
             return {"predictions": next(iter(encoded.values()))}
         return {"predictions": [{key: value[i] for key, value in encoded.items()} for i in range(rows)]}
 
-    def _read_body(self) -> bytes:
-        """The body, or a refusal that also closes the connection: a body left unread would be
-        taken for the next request on a keep-alive connection, and read(-1) would wait for EOF."""
+    def _content_length(self) -> int:
+        """The declared body length, checked: read(-1) would wait for EOF."""
         declared = (self.headers.get("Content-Length") or "0").strip()
         if not declared.isdigit():
-            self.close_connection = True
             raise invalid_argument(f"invalid Content-Length: {declared[:40]!r}")
         length = int(declared)
         if length > MAX_BODY_BYTES:
-            self.close_connection = True
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body over {MAX_BODY_BYTES} bytes")
-        return self.rfile.read(length) if length else b""
+        return length
+
+    def _read_body(self, length: int) -> bytes:
+        try:
+            return self.rfile.read(length) if length else b""
+        except TimeoutError:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"the request body did not arrive within {self.server.timeout_seconds:g} s") from None
 
     def _reply(self, status: int, payload: dict) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False, indent=None).encode("utf-8"), "application/json")
@@ -197,6 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, text.encode("utf-8"), content_type)
 
     def _send(self, status: int, data: bytes, content_type: str) -> None:
+        self.connection.settimeout(self.server.timeout_seconds)  # a reply gets its own time to leave
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -207,14 +291,46 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RestServer(ThreadingHTTPServer):
-    """TF Serving's REST API; and its Prometheus metrics at `metrics_path` when monitoring is on."""
+    """TF Serving's REST API; and its Prometheus metrics at `metrics_path` when monitoring is on.
+    A connection gets a thread only when one of `num_threads` is free."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # connections waiting for a thread wait here, in the kernel
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], num_threads: int, timeout_seconds: float):
+        super().__init__(address, handler)
+        self.timeout_seconds = timeout_seconds
+        self.body_budget = _ByteBudget(BODY_BUDGET_BYTES)
+        self._threads_free = threading.BoundedSemaphore(num_threads)
+        self._stopping = False
+
+    def process_request(self, request, client_address) -> None:
+        while not self._threads_free.acquire(timeout=0.5):
+            if self._stopping:
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._threads_free.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._threads_free.release()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        super().shutdown()
 
 
-def start_rest_server(core: ServerCore, address: str, port: int, metrics_path: str | None = None) -> RestServer:
+def start_rest_server(core: ServerCore, address: str, port: int, metrics_path: str | None = None,
+                      num_threads: int = DEFAULT_NUM_THREADS,
+                      timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> RestServer:
     handler = type("Handler", (_Handler,), {"core": core, "metrics_path": metrics_path})
-    server = RestServer((address, port), handler)
+    server = RestServer((address, port), handler, num_threads, timeout_seconds)
     threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
     return server

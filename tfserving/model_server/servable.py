@@ -13,7 +13,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from model_server.errors import invalid_argument
-from model_server.tensors import from_tensor_proto
+from model_server.tensors import from_tensor_protos
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Servable:
             if entry.WhichOneof("log_type") != "predict_log":
                 raise ValueError(f"{path}: only predict_log warm-up records are supported")
             request = entry.predict_log.request
-            inputs = {key: from_tensor_proto(proto) for key, proto in request.inputs.items()}
+            inputs = from_tensor_protos(request.inputs)
             self.validate_inputs(request.model_spec.signature_name, inputs)
             run(request.model_spec.signature_name, inputs)
             count += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -11,9 +13,85 @@ from tensorflow.core.framework import tensor_pb2
 
 from model_server.errors import invalid_argument
 
+# The one limit on a request: the largest gRPC message this server receives, and what a request's
+# tensors may decode to. A client can send that much packed in `tensor_content`; more can only come
+# from TensorFlow's fill rule (a *_val field shorter than the shape is padded with its last value,
+# zeros when empty), which lets a few bytes declare gigabytes: dims [1, 1000000000] and one
+# float_val made tf.make_ndarray allocate 4 GB. The API services' largest call, a cv_sod batch of
+# 8 images, is 10 MB; 32 MiB takes 26 images (grpc_api.py says what it bounds).
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+# What one element of a string tensor costs decoded, besides its bytes: numpy's object pointer (8)
+# and TensorFlow's tstring (24) when it is fed to the model.
+STRING_ELEMENT_BYTES = 32
+MAX_RANK = 254  # TensorFlow's TensorShape::kMaxDimensions
 
-def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decode a request tensor (tensor_content or *_val fields); malformed ones are the caller's fault."""
+
+def from_tensor_protos(protos: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
+    """Decode a request's tensors, once what they declare (dtype, shape, values carried) is checked
+    against what they hold and against MAX_REQUEST_BYTES: nothing is materialised before that."""
+    total, contents = 0, {}
+    for name, proto in protos.items():
+        nbytes, contents[name] = _checked(name, proto)
+        total += nbytes
+        check_request_bytes(total, name)
+    return {name: _decode(proto, contents[name]) for name, proto in protos.items()}
+
+
+def decoded_bytes(value: np.ndarray) -> int:
+    """What an already decoded input costs, counted as `from_tensor_protos` counts declared ones."""
+    if value.dtype == object:
+        return value.size * STRING_ELEMENT_BYTES + sum(len(v) for v in value.flat if isinstance(v, bytes))
+    return value.nbytes
+
+
+def check_request_bytes(total: int, name: str) -> None:
+    if total > MAX_REQUEST_BYTES:
+        raise invalid_argument(
+            f"input {name!r} brings the request's tensors to {total:,} bytes decoded, over this server's "
+            f"limit of {MAX_REQUEST_BYTES:,} bytes (its largest gRPC message)"
+        )
+
+
+def _checked(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, bytes]:
+    """The bytes `proto` decodes to, from its declaration alone, and its tensor_content (read once:
+    each read is a copy). Refuses what TensorFlow's own TensorProto parser refuses, and
+    tensor_content of the wrong length."""
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+        itemsize = np.dtype(dtype.as_numpy_dtype).itemsize
+    except (TypeError, KeyError):
+        raise invalid_argument(f"input {name!r}: unsupported dtype {proto.dtype}") from None
+    if dtype != dtype.base_dtype:
+        raise invalid_argument(f"input {name!r}: unsupported dtype {dtype.name}")
+    if proto.tensor_shape.unknown_rank:
+        raise invalid_argument(f"input {name!r}: a request tensor must have a known shape")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if len(dims) > MAX_RANK:
+        raise invalid_argument(f"input {name!r}: {len(dims)} dimensions, more than TensorFlow's {MAX_RANK}")
+    if any(d < 0 for d in dims):
+        raise invalid_argument(f"input {name!r}: negative dimension in shape {dims}")
+    count, content = math.prod(dims), proto.tensor_content
+    if dtype == tf.string:
+        values = proto.string_val
+        if content or len(values) > count:
+            raise invalid_argument(f"input {name!r}: {len(values)} string_val and {len(content)} bytes of "
+                                   f"tensor_content for shape {dims}")
+        filled = (count - len(values)) * (len(values[-1]) if values else 0)
+        return count * STRING_ELEMENT_BYTES + sum(len(v) for v in values) + filled, b""
+    if content and len(content) != count * itemsize:
+        raise invalid_argument(
+            f"input {name!r}: tensor_content has {len(content):,} bytes where shape {dims} "
+            f"of {dtype.name} needs {count * itemsize:,}"
+        )
+    return count * itemsize, content
+
+
+def _decode(proto: tensor_pb2.TensorProto, content: bytes) -> np.ndarray:
+    """tf.make_ndarray, without its second copy of tensor_content: the array reads the bytes
+    (read-only; TensorFlow copies it when fed, batching when merging)."""
+    if content:
+        dtype = tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype
+        return np.frombuffer(content, dtype=dtype).reshape([d.size for d in proto.tensor_shape.dim])
     try:
         return tf.make_ndarray(proto)
     except Exception as error:  # noqa: BLE001 - any decoding failure is a bad tensor
@@ -34,7 +112,7 @@ def from_json(value: object, dtype: tf.dtypes.DType, name: str) -> np.ndarray:
             array = np.array(value, dtype=dtype.as_numpy_dtype)
     except ServingValueError as error:
         raise invalid_argument(f"{name}: {error}") from None
-    except (TypeError, ValueError, OverflowError) as error:
+    except (TypeError, ValueError, OverflowError, RecursionError) as error:
         raise invalid_argument(f"Failed to process input {name!r} as {dtype.name}: {error}") from None
     if array.dtype == object and array.ndim > 0 and any(isinstance(x, list) for x in array.ravel()):
         raise invalid_argument(f"Input {name!r} is ragged: all rows must have the same length")
