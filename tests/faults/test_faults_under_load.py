@@ -16,7 +16,14 @@ import psutil
 import pytest
 
 from tests.conftest import api_ready, wait_until
-from tests.faults.load import HttpLoad, check_model_server_outage, lstm_answers, models_available, record_fault
+from tests.faults.load import (
+    HttpLoad,
+    check_lost_only_in_flight,
+    check_model_server_outage,
+    lstm_answers,
+    models_available,
+    record_fault,
+)
 from tests.faults.worst_inputs import under_worst_inputs
 
 pytestmark = pytest.mark.slow
@@ -26,7 +33,7 @@ def restarted(stack, name: str, before: dict) -> bool:
     return now["restarts"] > before["restarts"] and now["pid"] != before["pid"] and api_ready(now["address"])
 
 
-def test_kill_9_of_a_gunicorn_worker_loses_nothing(stack, fault_table):
+def test_kill_9_of_a_gunicorn_worker_loses_only_what_it_had_started(stack, fault_table):
     instance = stack.service("text-api-1")
     master = psutil.Process(instance["pid"])
     [worker] = master.children()
@@ -38,11 +45,12 @@ def test_kill_9_of_a_gunicorn_worker_loses_nothing(stack, fault_table):
         wait_until(lambda: replaced() and api_ready(instance["address"]), 30, "a new worker")
         recovered = time.monotonic() - killed
         time.sleep(2)
-    record_fault(fault_table, "kill -9 of one gunicorn worker", load, f"new worker ready in {recovered:.1f} s")
-    assert load.failed() == [], load.failed()[:5]
+    record_fault(fault_table, "kill -9 of one gunicorn worker", load, f"new worker ready in {recovered:.1f} s; "
+                 "the requests it had started lost (502)")
+    check_lost_only_in_flight(load)
 
 
-def test_kill_9_of_a_whole_instance_costs_at_most_a_thousandth(stack, fault_table):
+def test_kill_9_of_a_whole_instance_loses_only_what_it_had_started(stack, fault_table):
     before = stack.service("text-api-1")
     with HttpLoad(stack.url) as load:
         time.sleep(1)
@@ -53,8 +61,8 @@ def test_kill_9_of_a_whole_instance_costs_at_most_a_thousandth(stack, fault_tabl
         address = stack.service("text-api-1")["address"]
         wait_until(lambda: lstm_answers(address) >= 20, 20, "nginx to send traffic to the restarted instance")
     record_fault(fault_table, "kill -9 of one text-api instance (of 2)", load,
-           f"restarted and ready in {recovered:.1f} s; serving again")
-    assert len(load.failed()) <= 0.001 * len(load.outcomes), load.failed()[:5]
+           f"restarted and ready in {recovered:.1f} s; serving again; the requests it had started lost (502)")
+    check_lost_only_in_flight(load)
 
 
 def test_model_server_restart_answers_fast_503s_then_recovers_by_itself(stack, fault_table):

@@ -86,7 +86,9 @@ def test_a_killed_gunicorn_master_is_restarted(stack):
     else:
         pytest.fail(f"text-api-1 was not restarted: {stack.process.log_text()[-2000:]}")
     assert now["pid"] != before["pid"]
-    assert failures == 0, "nginx sent the requests to the other instance meanwhile"
+    # At most the one request in flight on it when it died: nginx sends no request an instance took
+    # to another (issue 20); every later one goes to the other instance.
+    assert failures <= 1, "nginx sent the requests to the other instance meanwhile"
     assert all(post_line(stack.url, "很好").status_code == 200 for _ in range(10))
 
 
