@@ -60,6 +60,15 @@ def test_only_nginx_publishes_a_port_and_nothing_pins_a_container_name():
             assert ("ports" in service) == (name == "nginx"), name
 
 
+@pytest.mark.parametrize("override", ["compose.model-server.yaml", "compose.gpu.yaml"])
+def test_no_model_server_port_is_published_with_any_override(override):
+    """Its ModelService can unload every model (HandleReloadConfigRequest): only the API services,
+    on compose's network, reach it (issue 20)."""
+    for service in (SERVICES["tfserving"], interpolated(REPO_ROOT / override)["services"]["tfserving"]):
+        assert not {"ports", "network_mode", "network"} & set(service), "published or on the host's network"
+    assert set(SERVICES["tfserving"].get("networks", ["default"])) == {"default"}
+
+
 def test_monitoring_is_an_optional_profile_reading_the_repository_config():
     assert {n for n, s in SERVICES.items() if "monitoring" in s.get("profiles", [])} == {"prometheus", "grafana"}
     for name in ("prometheus", "grafana"):

@@ -130,3 +130,25 @@ def test_the_schema_check_catches_a_typo():
     broken["spec"]["replica"] = 2
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, latest_version(), strict=True)
+
+
+def test_only_the_api_pods_reach_the_model_server():
+    """Its ModelService can unload every model (HandleReloadConfigRequest), and TF Serving takes that
+    from anyone who reaches the port (issue 20)."""
+    policy = find(BASE, "NetworkPolicy", "tfserving")
+    pods = find(BASE, "Deployment", "tfserving")["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pods.items(), "the policy selects the model server's pods"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    [source] = rule["from"]
+    assert set(source) == {"podSelector"}, "pods of this namespace only, no namespaceSelector or ipBlock"
+    [expression] = source["podSelector"]["matchExpressions"]
+    assert (expression["key"], expression["operator"]) == ("app.kubernetes.io/name", "In")
+    api_pod_names = {find(BASE, "Deployment", api)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+                     for api in APIS}
+    assert set(expression["values"]) == api_pod_names, "every API service, and nothing else"
+    service_ports = {p["port"] for p in find(BASE, "Service", "tfserving")["spec"]["ports"]}
+    assert {p["port"] for p in rule["ports"]} == service_ports
+    assert all(p["protocol"] == "TCP" for p in rule["ports"])
+    assert find(GPU, "NetworkPolicy", "tfserving") == policy, "the GPU overlay keeps it"

@@ -88,3 +88,10 @@ def test_the_limit_flags_parse_in_tf_serving_spelling():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--grpc_max_threads=0"])
 
+
+def test_remote_config_reloads_are_our_own_opt_in_flag_and_documented():
+    assert build_parser().parse_args(["--allow_remote_reload_config"]).allow_remote_reload_config is True
+    assert build_parser().parse_args([]).allow_remote_reload_config is False, "reloads from this machine only"
+    assert "(this server only) accept HandleReloadConfigRequest from any peer" in " ".join(
+        build_parser().format_help().split())
+    assert "--allow_remote_reload_config" in (REPO_ROOT / "tfserving" / "README.md").read_text()

@@ -87,11 +87,12 @@ class ServerCore:
         names = [m.name for m in wanted]
         if len(set(names)) != len(names) or not all(names):
             raise invalid_argument("model names in the config must be unique and non-empty")
+        base_paths = {m.name: self._resolve_base_path(m.base_path) for m in wanted}  # all refused, or none
         with self._sync_lock:
             with self._state_lock:
                 removed = [self._models.pop(name) for name in list(self._models) if name not in names]
                 for model_config in wanted:
-                    base_path = self._resolve_base_path(model_config.base_path)
+                    base_path = base_paths[model_config.name]
                     model = self._models.get(model_config.name)
                     if model is None:
                         self._models[model_config.name] = _Model(model_config, base_path)
@@ -115,11 +116,18 @@ class ServerCore:
             self.batcher.stop()
 
     def _resolve_base_path(self, base_path: str) -> Path:
-        """Container paths (e.g. /models/lstm) onto a local folder, when told to rebase them."""
+        """Container paths (e.g. /models/lstm) onto a local folder, when told to rebase them. A
+        rebased path may not climb out of that folder: `..` is refused (a symlink the folder's
+        owner put there is followed, as any path the server reads)."""
         if self._path_rebase:
             prefix, local = self._path_rebase
             if base_path == prefix or base_path.startswith(prefix.rstrip("/") + "/"):
-                return local / base_path[len(prefix) :].lstrip("/")
+                inside = Path(base_path[len(prefix) :].lstrip("/"))
+                if ".." in inside.parts:
+                    raise invalid_argument(
+                        f"base_path {base_path!r} leaves the model repository {prefix} ({local}) with '..'"
+                    )
+                return local / inside
         return Path(base_path)
 
     def _versions_on_disk(self, model: _Model) -> set[int]:

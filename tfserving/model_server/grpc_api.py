@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
+import urllib.parse
 from concurrent import futures
 
 import grpc
@@ -120,9 +122,26 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by this model server")
 
 
+def is_local_peer(peer: str) -> bool:
+    """Whether a gRPC peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`, `unix:/path`; some gRPC
+    versions percent-encode it) is this machine: loopback, an IPv4-mapped loopback, or a Unix socket."""
+    peer = urllib.parse.unquote(peer)
+    if peer.startswith("unix:"):
+        return True
+    scheme, _, address = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return False
+    try:
+        ip = ipaddress.ip_address(address.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: ServerCore):
+    def __init__(self, core: ServerCore, allow_remote_reload_config: bool = False):
         self.core = core
+        self.allow_remote_reload_config = allow_remote_reload_config
 
     @_abort_on_error
     def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
@@ -138,6 +157,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
     def HandleReloadConfigRequest(self, request, context) -> model_management_pb2.ReloadConfigResponse:
+        """Replace the served models (an empty config unloads them all): so only from this machine,
+        unless --allow_remote_reload_config."""
+        if not (self.allow_remote_reload_config or is_local_peer(context.peer())):
+            log.warning("refused a config reload from %s", context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "HandleReloadConfigRequest is only accepted from this machine (loopback or a Unix socket); "
+                          "start the model server with --allow_remote_reload_config to accept it from any peer")
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self.core.apply_config(request.config)
@@ -147,8 +173,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def start_grpc_server(core: ServerCore, address: str, port: int,
-                      max_threads: int = DEFAULT_GRPC_MAX_THREADS) -> grpc.Server:
+def start_grpc_server(core: ServerCore, address: str, port: int, max_threads: int = DEFAULT_GRPC_MAX_THREADS,
+                      allow_remote_reload_config: bool = False) -> grpc.Server:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         maximum_concurrent_rpcs=CALLS_PER_THREAD * max_threads,
@@ -158,7 +184,7 @@ def start_grpc_server(core: ServerCore, address: str, port: int,
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, allow_remote_reload_config), server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {port}")

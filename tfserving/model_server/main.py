@@ -1,9 +1,11 @@
 """Command line: the subset of `tensorflow_model_server` flags this server implements.
 
 A flag TF Serving has but this server does not implement is rejected (argparse exits 2),
-never silently ignored. Two flags are our own: `--rebase_model_base_path` maps the container
-paths in models.config (e.g. /models) onto the local checkout, and `--listen_address` keeps
-local mode on loopback (TF Serving listens on all interfaces).
+never silently ignored. Three flags are our own: `--rebase_model_base_path` maps the container
+paths in models.config (e.g. /models) onto the local checkout, `--listen_address` keeps local
+mode on loopback (TF Serving listens on all interfaces), and `--allow_remote_reload_config`
+accepts ModelService.HandleReloadConfigRequest from any peer (by default only from this machine:
+an empty config unloads every model).
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--listen_address", default="0.0.0.0",
         help="(this server only) address both APIs bind; local mode uses 127.0.0.1")
     add("--rebase_model_base_path", type=_rebase, default=None,
-        help="(this server only) CONTAINER_PREFIX=LOCAL_DIR for base paths in models.config")
+        help="(this server only) CONTAINER_PREFIX=LOCAL_DIR for base paths in models.config; "
+             "a base path may not leave LOCAL_DIR with '..'")
+    add("--allow_remote_reload_config", type=_bool, nargs="?", const=True, default=False,
+        help="(this server only) accept HandleReloadConfigRequest from any peer, not only from this machine")
     return parser
 
 
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as error:
         log.error("cannot apply the model config: %s", error.message)
         return 1
-    grpc_server = start_grpc_server(core, args.listen_address, args.port, args.grpc_max_threads)
+    grpc_server = start_grpc_server(core, args.listen_address, args.port, args.grpc_max_threads,
+                                    args.allow_remote_reload_config)
     log.info("Running gRPC ModelServer at %s:%d ...", args.listen_address, args.port)
     rest_server = None
     if args.rest_api_port:
