@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from model_preprocessing.image import MODEL_SIZE  # noqa: E402
 from service_kit.input_errors import InputError  # noqa: E402
+from tests.fuzz import FuzzFinding  # noqa: E402
 from tests.fuzz.process_memory import allocating_at_most, peak_growth  # noqa: E402
 from vision_api.decode_process import CHILD_SLACK_BYTES  # noqa: E402
 from vision_api.image_decoding import ImageHeader, decode_image, model_example, read_header  # noqa: E402
@@ -52,10 +53,6 @@ UNCAPPED = os.environ.get("FUZZ_DECODE_UNCAPPED") == "1"
 # fuzzer looks for others (FUZZ_INCLUDE_AWAITING_FIX=1: it does not; their reproducers are xfail
 # tests in test_fuzz.py that way): remove a kind here when its fix lands.
 AWAITING_FIX = set() if os.environ.get("FUZZ_INCLUDE_AWAITING_FIX") == "1" else {"png-chunk-past-the-end"}
-
-
-class FuzzFinding(AssertionError):
-    """An input that breaks a harness's property: the message says which and how."""
 
 
 def fuzz_image_header(data: bytes) -> None:

@@ -16,6 +16,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from model_server import tensors
 from model_server.errors import ServingError
+from tests.fuzz import FuzzFinding
 from tests.fuzz.process_memory import allocating_at_most
 
 # What a request's tensors may decode to (the server's largest gRPC message).
@@ -23,10 +24,6 @@ REQUEST_BYTES_LIMIT = getattr(tensors, "MAX_REQUEST_BYTES", 64 * 2**20)
 # What decoding may allocate beyond the process's heap before it: the decoded arrays, an
 # intermediate copy of them (np.pad's fill, a list of string references) and some slack.
 MATERIALISED_BYTES_LIMIT = 2 * REQUEST_BYTES_LIMIT + 64 * 2**20
-
-
-class FuzzFinding(AssertionError):
-    """An input that breaks the harness's property: the message says which and how."""
 
 
 def fuzz_tensor_proto(data: bytes) -> None:
