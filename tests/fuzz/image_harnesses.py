@@ -49,10 +49,6 @@ PEAK_SLACK_BYTES = 4 * 2**20
 # The codes the header step may answer with.
 HEADER_CODES = {"empty_image", "not_an_image", "corrupt_image"}
 UNCAPPED = os.environ.get("FUZZ_DECODE_UNCAPPED") == "1"
-# Kinds of finding reported and awaiting their fix, which fuzz_image_decode passes over so that the
-# fuzzer looks for others (FUZZ_INCLUDE_AWAITING_FIX=1: it does not; their reproducers are xfail
-# tests in test_fuzz.py that way): remove a kind here when its fix lands.
-AWAITING_FIX = set() if os.environ.get("FUZZ_INCLUDE_AWAITING_FIX") == "1" else {"png-chunk-past-the-end"}
 
 
 def fuzz_image_header(data: bytes) -> None:
@@ -72,8 +68,6 @@ def fuzz_image_header(data: bytes) -> None:
 def fuzz_image_decode(data: bytes) -> None:
     header = _header_or_none(data)
     if header is None or not within_limits(header):
-        return
-    if "png-chunk-past-the-end" in AWAITING_FIX and png_chunk_past_the_end(data):
         return
     _warm_up()
     budget = header.working_bytes(MODEL_SIZE)
@@ -101,22 +95,6 @@ def within_limits(header: ImageHeader) -> bool:
     """SaliencyModel._check_limits, with the fuzzer's pixel limit."""
     return (header.pixels <= FUZZ_MAX_PIXELS and max(header.width, header.height) <= MAX_IMAGE_SIDE
             and header.scans <= MAX_JPEG_SCANS)
-
-
-def png_chunk_past_the_end(data: bytes) -> bool:
-    """Whether a PNG chunk up to the first IDAT declares more bytes than the data has: OpenCV's PNG
-    reader allocates (and zero-fills) that length before reading the chunk."""
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return False
-    position = 8
-    while position + 8 <= len(data):
-        length, kind = int.from_bytes(data[position:position + 4], "big"), data[position + 4:position + 8]
-        if position + 12 + length > len(data):
-            return True
-        if kind == b"IDAT":
-            return False
-        position += 12 + length
-    return False
 
 
 def _header_or_none(data: bytes) -> ImageHeader | None:

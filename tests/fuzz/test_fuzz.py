@@ -26,20 +26,11 @@ START_SECONDS = 90
 
 # Findings whose fix is still to come: file -> why it fails today (the test passes once fixed).
 KNOWN_FINDINGS: dict[str, str] = {}
-_PNG_CHUNK = ("OpenCV 4.14's PNG reader allocates and zero-fills the length a chunk declares (a tEXt before the "
-              "pixels, or the first IDAT) before it reads the chunk: a PNG of about 100 bytes costs what its chunk "
-              "declares, where working_bytes() says a few hundred bytes (4,000,000,000 declared: 3.9 GB and 4.8 s). "
-              "The decoding child's RLIMIT_DATA contains it in the service (400 corrupt_image in ~10 ms) past its "
-              "48 MB of slack; read_header could refuse a chunk that runs past the end of the data, before anything "
-              "is allocated (then take 'png-chunk-past-the-end' out of image_harnesses.AWAITING_FIX)")
-# Decoding findings awaiting their fix: file -> why. Their kind is in image_harnesses.AWAITING_FIX,
-# which the fuzzer and the replay above pass over; the test below replays them with it included,
-# and without the decoding child's memory limit: the decoder's real peak.
-DECODE_FINDINGS_AWAITING_FIX: dict[str, str] = {
-    "finding-png-chunk-declaring-6MB.png": _PNG_CHUNK,  # found by fuzz_image_decode in 2 s (capped)
-    "finding-png-text-chunk-declaring-200MB.png": _PNG_CHUNK,
-    "finding-png-idat-declaring-200MB.png": _PNG_CHUNK,
-}
+# Decoding findings awaiting their fix: file -> why. The test below replays every finding without
+# the decoding child's memory limit: the decoder's real peak. Fixed so far: OpenCV's PNG reader
+# allocating a chunk's declared length before reading it (finding-png-*, 4,000,000,000 declared:
+# 3.9 GB; read_header now refuses a chunk that runs past the end of the file).
+DECODE_FINDINGS_AWAITING_FIX: dict[str, str] = {}
 
 
 def harness(name: str):
@@ -75,7 +66,7 @@ def test_decoding_a_finding_takes_no_more_than_working_bytes_even_unbounded(path
     done = subprocess.run([sys.executable, "-m", "tests.fuzz.run", "fuzz_image_decode", "-rss_limit_mb=1024",
                            f"-timeout={run.INPUT_TIMEOUT_SECONDS}", f"-artifact_prefix={tmp_path}/",
                            str(path)], capture_output=True, text=True, errors="replace", timeout=120,
-                          env={**os.environ, "FUZZ_DECODE_UNCAPPED": "1", "FUZZ_INCLUDE_AWAITING_FIX": "1"})
+                          env={**os.environ, "FUZZ_DECODE_UNCAPPED": "1"})
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
 

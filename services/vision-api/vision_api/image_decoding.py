@@ -116,13 +116,18 @@ def _png_header(data: bytes) -> ImageHeader:
 
 
 def _png_chunks_before_pixels(data: bytes) -> dict[bytes, bytes]:
-    """The chunks before the first IDAT (where tRNS and eXIf must be), by type."""
-    chunks, position = {}, 8
+    """The chunks before the first IDAT (where tRNS and eXIf must be), by type. Every chunk must
+    end within the data: OpenCV's PNG reader allocates (and zero-fills) what a chunk's length
+    declares before reading it, so a 118-byte file declaring 4 GB cost 3.9 GB (found by
+    tests/fuzz); such a file is corrupt, refused here before anything is allocated."""
+    chunks, position, pixels_seen = {}, 8, False
     while position + 8 <= len(data):
         length, chunk = struct.unpack(">I4s", data[position:position + 8])
-        if chunk == b"IDAT":
-            break
-        chunks.setdefault(chunk, data[position + 8:position + 8 + length])
+        if position + 12 + length > len(data):
+            raise ValueError(f"the PNG chunk {chunk!r} runs past the end of the file")
+        pixels_seen = pixels_seen or chunk == b"IDAT"
+        if not pixels_seen:
+            chunks.setdefault(chunk, data[position + 8:position + 8 + length])
         position += 12 + length
     return chunks
 
