@@ -1,5 +1,7 @@
 """A stream of the costliest small inputs (issue 20), sent while a steady load of normal requests
-runs: one a second per API replica, for a minute. The normal requests must all be answered and
+runs: a worst image a second per vision-api replica and the largest text a second, for a minute.
+(The largest /lstm body is ~0.85 s of CPU, jieba and the model: one a second per text-api replica,
+four under compose, would be more than this machine's two cores.) The normal requests must all be answered and
 no worker may die; the worst inputs themselves are answered (refused, mostly) with a JSON 4xx, a
 503 or a 200, never a 502 or 504 and never after a worker's death. Used by the fault tiers of
 local mode (tests/faults) and compose (tests/compose)."""
@@ -48,22 +50,21 @@ class Hostile:
 
 
 class WorstInputStream:
-    """`per_second` of the worst inputs every second (images to /cv_sod, the largest text to
-    /lstm, in turn), each from its own thread so that a slow one does not slow the stream."""
+    """Every second, `images_per_second` of the worst images to /cv_sod (in turn) and the largest
+    text to /lstm, each from its own thread so that a slow one does not slow the stream."""
 
-    def __init__(self, url: str, per_second: int, seconds: float = 60.0):
-        self.url, self.per_second, self.seconds = url, per_second, seconds
+    def __init__(self, url: str, images_per_second: int, seconds: float = 60.0):
+        self.url, self.images_per_second, self.seconds = url, images_per_second, seconds
         self.sent: list[Hostile] = []
-        inputs = [(name, "/cv_sod", "image/png", data) for name, data in worst_images().items()]
-        inputs.append(("largest /lstm body", "/lstm", "application/json", LARGEST_TEXT))
-        self._inputs = itertools.cycle(inputs)
+        self._images = itertools.cycle([(name, "/cv_sod", "image/png", data) for name, data in worst_images().items()])
+        self._text = ("largest /lstm body", "/lstm", "application/json", LARGEST_TEXT)
         self._threads: list[threading.Thread] = []
 
     def run(self) -> None:
         started = time.monotonic()
         for second in range(int(self.seconds)):
-            for _ in range(self.per_second):
-                thread = threading.Thread(target=self._send, args=(next(self._inputs),), daemon=True)
+            for item in [next(self._images) for _ in range(self.images_per_second)] + [self._text]:
+                thread = threading.Thread(target=self._send, args=(item,), daemon=True)
                 thread.start()
                 self._threads.append(thread)
             time.sleep(max(0.0, started + second + 1 - time.monotonic()))
@@ -96,9 +97,9 @@ class WorstInputStream:
         return f"{len(self.sent)} worst inputs: " + ", ".join(f"{n} {k}" for k, n in sorted(by_answer.items()))
 
 
-def under_worst_inputs(url: str, replicas: int, seconds: float = 60.0) -> tuple[HttpLoad, WorstInputStream]:
+def under_worst_inputs(url: str, vision_replicas: int, seconds: float = 60.0) -> tuple[HttpLoad, WorstInputStream]:
     """The normal load and the stream, run together; both returned for counting."""
-    stream = WorstInputStream(url, replicas, seconds)
+    stream = WorstInputStream(url, vision_replicas, seconds)
     with HttpLoad(url, send=normal_request, threads=4, rate_per_thread=10) as load:
         stream.run()
     return load, stream

@@ -4,7 +4,7 @@ The tests use the pieces; as a script it prints before/after figures for a check
 
     .venv/bin/python -m tests.tfserving.hostile [--idle-connections 200]
 
-(for an older checkout, put its tfserving/ and root first: PYTHONPATH=OLD/tfserving:OLD).
+(for an older checkout, put its tfserving/ and root first on Python's import path).
 """
 
 from __future__ import annotations
