@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bench.model_server_batching import CORPUS
+from bench.corpus import CORPUS
 from model_preprocessing.text import pad_batch, segment
 
 MODELS = Path(__file__).resolve().parents[1] / "tfserving" / "models"

@@ -27,16 +27,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from bench.corpus import CORPUS
 from local_stack.topology import free_port
 from model_preprocessing.text import pad_batch, segment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "tfserving" / "models"
-CORPUS = [
-    "这个产品很好用，推荐购买", "质量太差了，用了两天就坏了", "物流很快，包装也很好", "客服态度恶劣，再也不会来了",
-    "房间干净整洁，早餐丰富", "性价比很高，下次还会买", "书的内容很空洞，不值这个价", "屏幕很清晰，运行流畅",
-    "等了一个星期才到货，太慢了", "味道不错，分量也足", "酒店位置偏僻，周边什么都没有", "非常满意的一次购物",
-]
 
 
 def requests_for_corpus() -> list[predict_pb2.PredictRequest]:

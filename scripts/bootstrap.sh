@@ -12,8 +12,11 @@ stamp="$VENV/.requirements.sha256"
 # The repository's own projects: libraries, client, services, model server, and the tools at the root.
 projects=$(dirname libs/*/pyproject.toml client/pyproject.toml services/*/pyproject.toml tfserving/pyproject.toml \
   pyproject.toml)
+# requirements/perf-analyzer.txt is left out: it is installed apart, with a stamp of its own (below).
+venv_requirements=()
+for file in requirements/*.txt; do [ "$file" = requirements/perf-analyzer.txt ] || venv_requirements+=("$file"); done
 # shellcheck disable=SC2086 # one word per project
-want=$( (cat requirements/*.txt services/*requirements.txt services/*/requirements.txt; for p in $projects; do cat "$p/pyproject.toml"; done) \
+want=$( (cat "${venv_requirements[@]}" services/*requirements.txt services/*/requirements.txt; for p in $projects; do cat "$p/pyproject.toml"; done) \
   | sha256sum | cut -d' ' -f1)
 
 # Debian packages compose v2 (the Go plugin, `docker compose`) and a kubectl with kustomize v5 from
@@ -51,6 +54,8 @@ if [ "${1:-}" = --for-tests ]; then
   command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+  # Triton's perf_analyzer (below) links libb64.so.0d.
+  /sbin/ldconfig -p 2>/dev/null | grep 'libb64\.so\.0d ' >/dev/null || missing+=(libb64-0d)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -85,6 +90,25 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   # shellcheck disable=SC2086
   for project in $projects; do "$VENV/bin/pip" install --quiet --no-deps -e "$project"; done
   echo "$want" > "$stamp"
+fi
+
+# Triton's perf_analyzer for bench/perf_analyzer.py and its test: the binary shipped in the tritonclient
+# wheel and the libcudart.so.12 it links (nvidia-cuda-runtime-cu12; no GPU is used), pinned in
+# requirements/perf-analyzer.txt and installed with --no-deps into a folder of their own, off the venv's
+# sys.path (tritonclient's Python package would want cuda-python and protobuf<4; only the binary is used).
+# $VENV/bin/perf_analyzer runs it with LD_LIBRARY_PATH set. Reinstalled only when its pins change.
+perf_analyzer_dir="$VENV/perf_analyzer"
+perf_analyzer_want=$(sha256sum requirements/perf-analyzer.txt | cut -d' ' -f1)
+if [ "${1:-}" = --for-tests ] && [ "$(cat "$perf_analyzer_dir/.requirements.sha256" 2>/dev/null)" != "$perf_analyzer_want" ]; then
+  echo "bootstrap: installing perf_analyzer into $perf_analyzer_dir"
+  rm -rf "$perf_analyzer_dir"
+  "$VENV/bin/pip" install --quiet --no-deps --target "$perf_analyzer_dir" -r requirements/perf-analyzer.txt
+  printf '%s\n' '#!/bin/sh' '# Written by scripts/bootstrap.sh: Triton'"'"'s perf_analyzer with the libcudart.so.12 it links.' \
+    'dir=$(dirname "$(readlink -f "$0")")/../perf_analyzer' \
+    'LD_LIBRARY_PATH="$dir/nvidia/cuda_runtime/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$dir/bin/perf_analyzer" "$@"' \
+    > "$VENV/bin/perf_analyzer"
+  chmod +x "$VENV/bin/perf_analyzer" "$perf_analyzer_dir/bin/perf_analyzer"
+  echo "$perf_analyzer_want" > "$perf_analyzer_dir/.requirements.sha256"
 fi
 
 # `kubectl kustomize` with kustomize v5 builds k8s/ in its tests: Debian's kubectl, from trixie (bookworm's
