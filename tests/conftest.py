@@ -93,7 +93,7 @@ def start_model_server(repository: Path, log_path: Path, *extra: str) -> tuple[S
     process = ManagedProcess(
         [sys.executable, "-m", "model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          f"--model_config_file={repository / 'models.config'}", f"--rebase_model_base_path=/models={repository}",
-         "--file_system_poll_wait_seconds=1", "--listen_address=127.0.0.1", *extra],
+         "--file_system_poll_wait_seconds=1", "--listen_address=127.0.0.1", "--max_num_load_retries=0", *extra],
         log_path,
     )
     target = ServingTarget(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}", repository, process)

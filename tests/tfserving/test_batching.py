@@ -205,6 +205,7 @@ def test_the_core_gives_up_a_queued_task_when_its_caller_times_out():
 
     class FakeServable:
         name = "core-expiry"
+        batching = None  # the server's parameters
 
         def run(self, signature_name, inputs):
             return model(inputs)

@@ -72,13 +72,13 @@ def test_supported_flags_parse_in_tf_serving_spelling():
     assert args.allow_version_labels_for_unavailable_models is True
 
 
-def test_an_unsupported_tf_serving_flag_is_an_error_not_ignored():
+def test_an_unknown_flag_is_an_error_not_ignored():
     result = subprocess.run(
-        [sys.executable, "-m", "model_server", "--ssl_config_file=/x", "--model_base_path=/m"],
+        [sys.executable, "-m", "model_server", "--ssl_config=/x", "--model_base_path=/m"],
         capture_output=True, text=True, cwd=REPO_ROOT / "tfserving", timeout=60,
     )
     assert result.returncode == 2
-    assert "unrecognized arguments: --ssl_config_file" in result.stderr
+    assert "unrecognized arguments: --ssl_config" in result.stderr
 
 
 def test_the_limit_flags_parse_in_tf_serving_spelling():
@@ -92,6 +92,6 @@ def test_the_limit_flags_parse_in_tf_serving_spelling():
 def test_remote_config_reloads_are_our_own_opt_in_flag_and_documented():
     assert build_parser().parse_args(["--allow_remote_reload_config"]).allow_remote_reload_config is True
     assert build_parser().parse_args([]).allow_remote_reload_config is False, "reloads from this machine only"
-    assert "(this server only) accept HandleReloadConfigRequest from any peer" in " ".join(
+    assert "(ours) accept HandleReloadConfigRequest from any peer" in " ".join(
         build_parser().format_help().split())
     assert "--allow_remote_reload_config" in (REPO_ROOT / "tfserving" / "README.md").read_text()

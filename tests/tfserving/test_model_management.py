@@ -15,7 +15,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from local_stack.topology import free_port
 from model_server.core import ModelSpec, ServerCore
 from model_server.errors import ServingError
-from model_server.grpc_api import start_grpc_server
+from model_server.grpc_api import GrpcOptions, start_grpc_server
 from tests.tfserving.versions import reload_request
 
 
@@ -73,7 +73,7 @@ def reload_from(address: str, port: int) -> grpc.RpcError | None:
 def test_reloading_the_config_from_another_machine_is_opt_in(allow_remote):
     remote, port, core = non_loopback_address(), free_port(), RecordingCore()
     options = {"allow_remote_reload_config": True} if allow_remote else {}  # the default refuses
-    server = start_grpc_server(core, "0.0.0.0", port, **options)
+    server = start_grpc_server(core, GrpcOptions("0.0.0.0", port, **options))
     try:
         refused = reload_from(remote, port)
         if allow_remote:

@@ -53,6 +53,7 @@ class _Batch:
 @dataclasses.dataclass
 class _Queue:
     run: RunBatch
+    params: BatchingParameters  # the server's, or the model's own (--enable_per_model_batching_parameters)
     closed: collections.deque = dataclasses.field(default_factory=collections.deque)
     open: _Batch | None = None
 
@@ -76,34 +77,36 @@ class BatchScheduler:
             thread.start()
 
     def submit(self, key: Hashable, run: RunBatch, inputs: dict[str, np.ndarray],
-               deadline: float | None = None, model: str = "") -> Future:
+               deadline: float | None = None, model: str = "", params: BatchingParameters | None = None) -> Future:
         """Queue one request's inputs; the future resolves to that request's slice of the outputs.
-        Cancel it (or let `deadline` pass) to have the task dropped unrun."""
+        Cancel it (or let `deadline` pass) to have the task dropped unrun. `params`: the queue's own
+        batching parameters (only its threads are the server's)."""
+        params = params or self.params
         sizes = {value.shape[0] if value.ndim else -1 for value in inputs.values()}
         if len(sizes) != 1 or -1 in sizes:
             raise invalid_argument(
                 "Batching session Run() input tensors must have equal 0th-dimension size"
             )
         size = sizes.pop()
-        if size > self.params.max_batch_size:
+        if size > params.max_batch_size:
             raise invalid_argument(
-                f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}"
+                f"Task size {size} is larger than maximum input batch size {params.max_batch_size}"
             )
         task = _Task(inputs, size, Future(), deadline, model)
         with self._cond:
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(run)
-            if queue.open and queue.open.size + size > self.params.max_batch_size:
+                queue = self._queues[key] = _Queue(run, params)
+            if queue.open and queue.open.size + size > params.max_batch_size:
                 queue.closed.append(queue.open)
                 queue.open = None
             if queue.open is None:
-                if queue.batches() >= self.params.max_enqueued_batches:
+                if queue.batches() >= params.max_enqueued_batches:
                     raise unavailable("The batch scheduling queue to which this task was submitted is full")
                 queue.open = _Batch(created=time.monotonic())
             queue.open.tasks.append(task)
             queue.open.size += size
-            if queue.open.size == self.params.max_batch_size:
+            if queue.open.size == params.max_batch_size:
                 queue.closed.append(queue.open)
                 queue.open = None
             self._cond.notify()
@@ -116,11 +119,11 @@ class BatchScheduler:
 
     def _next_batch(self) -> tuple[_Queue, _Batch] | None:
         """Under the lock: the oldest ready batch, or None after waiting for one to become ready."""
-        timeout = self.params.batch_timeout_micros / 1e6
         now = time.monotonic()
         best: tuple[_Queue, _Batch] | None = None
         wake_at = None
         for queue in self._queues.values():
+            timeout = queue.params.batch_timeout_micros / 1e6
             if queue.closed:
                 candidate = queue.closed[0]
             elif queue.open and now - queue.open.created >= timeout:
@@ -152,20 +155,20 @@ class BatchScheduler:
                     picked = self._next_batch()
                 self._drop_idle_queues()
             queue, batch = picked
-            self._execute(queue.run, batch.tasks)
+            self._execute(queue, batch.tasks)
 
     def _drop_idle_queues(self) -> None:
         for key in [k for k, q in self._queues.items() if not q.closed and not q.open]:
             del self._queues[key]
 
-    def _execute(self, run: RunBatch, tasks: list[_Task]) -> None:
+    def _execute(self, queue: _Queue, tasks: list[_Task]) -> None:
         tasks = self._still_wanted(tasks)
         if not tasks:
             return
         try:
-            merged, padded_size = self._merge([t.inputs for t in tasks], sum(t.size for t in tasks))
+            merged, padded_size = _merge(queue.params, [t.inputs for t in tasks], sum(t.size for t in tasks))
             self.batch_size_counts[padded_size] += 1
-            outputs = run(merged)
+            outputs = queue.run(merged)
             start = 0
             for task in tasks:
                 task.future.set_result({k: v[start : start + task.size] for k, v in outputs.items()})
@@ -189,24 +192,25 @@ class BatchScheduler:
                 METRICS.count_expired_task(task.model)
         return wanted
 
-    def _merge(self, inputs: list[dict[str, np.ndarray]], total: int) -> tuple[dict[str, np.ndarray], int]:
-        padded_size = next((s for s in self.params.allowed_batch_sizes if s >= total), total)
-        merged = {}
-        for key in inputs[0]:
-            parts = [task_inputs[key] for task_inputs in inputs]
-            target = tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
-            if any(p.shape[1:] != target for p in parts):
-                if not self.params.pad_variable_length_inputs:
-                    raise invalid_argument(
-                        f"Tensors with name '{key}' from different tasks have different shapes and padding "
-                        "is turned off. Set pad_variable_length_inputs to true, or ensure that all tensors "
-                        "with the same name have equal dimensions starting with the first dim."
-                    )
-                parts = [_pad_to(p, target) for p in parts]
-            if padded_size > total:  # fill up to an allowed size with copies of the first row
-                parts.append(np.repeat(parts[0][:1], padded_size - total, axis=0))
-            merged[key] = np.concatenate(parts, axis=0)
-        return merged, padded_size
+def _merge(params: BatchingParameters, inputs: list[dict[str, np.ndarray]],
+           total: int) -> tuple[dict[str, np.ndarray], int]:
+    padded_size = next((s for s in params.allowed_batch_sizes if s >= total), total)
+    merged = {}
+    for key in inputs[0]:
+        parts = [task_inputs[key] for task_inputs in inputs]
+        target = tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
+        if any(p.shape[1:] != target for p in parts):
+            if not params.pad_variable_length_inputs:
+                raise invalid_argument(
+                    f"Tensors with name '{key}' from different tasks have different shapes and padding "
+                    "is turned off. Set pad_variable_length_inputs to true, or ensure that all tensors "
+                    "with the same name have equal dimensions starting with the first dim."
+                )
+            parts = [_pad_to(p, target) for p in parts]
+        if padded_size > total:  # fill up to an allowed size with copies of the first row
+            parts.append(np.repeat(parts[0][:1], padded_size - total, axis=0))
+        merged[key] = np.concatenate(parts, axis=0)
+    return merged, padded_size
 
 
 def _pad_to(value: np.ndarray, target: tuple[int, ...]) -> np.ndarray:

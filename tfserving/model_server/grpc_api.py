@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -11,17 +12,23 @@ from concurrent import futures
 import grpc
 from google.protobuf import any_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
+from model_server import examples
 from model_server.core import ModelSpec, ServerCore
+from model_server.credentials import server_credentials
 from model_server.errors import ServingError, invalid_argument
+from model_server.flags import DEFAULT_GRPC_MAX_THREADS
 from model_server.monitoring import METRICS
 from model_server.servable import DEFAULT_SIGNATURE
 from model_server.tensors import MAX_REQUEST_BYTES, from_tensor_protos, to_tensor_proto
@@ -37,8 +44,30 @@ log = logging.getLogger(__name__)
 # grow with the cores. Calls waiting for a thread hold what gRPC has buffered of their message
 # (13 MB each, measured), so at most 3 per thread may wait; more are refused RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES
-DEFAULT_GRPC_MAX_THREADS = 16
 CALLS_PER_THREAD = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcOptions:
+    """The gRPC server's flags (flags.py)."""
+
+    address: str = "0.0.0.0"
+    port: int = 8500
+    socket_path: str = ""
+    max_threads: int = DEFAULT_GRPC_MAX_THREADS
+    channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    allow_remote_reload_config: bool = False
+    use_alts_credentials: bool = False
+    ssl_config_file: str = ""
+    health_service: bool = False
+    tensor_content: bool = False  # Predict outputs packed, not in *_val fields
+
+    @classmethod
+    def from_flags(cls, args) -> GrpcOptions:
+        return cls(args.listen_address, args.port, args.grpc_socket_path, args.grpc_max_threads,
+                   tuple(args.grpc_channel_arguments), args.allow_remote_reload_config, args.use_alts_credentials,
+                   args.ssl_config_file, args.enable_grpc_healthcheck_service,
+                   args.enable_serialization_as_tensor_content)
 
 
 def model_spec_from_proto(spec: model_pb2.ModelSpec) -> ModelSpec:
@@ -75,8 +104,9 @@ def _abort_on_error(method):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: ServerCore):
+    def __init__(self, core: ServerCore, tensor_content: bool = False):
         self.core = core
+        self.tensor_content = tensor_content
 
     @_abort_on_error
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
@@ -88,11 +118,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             timeout=context.time_remaining(),
         )
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        _fill_model_spec(response.model_spec, servable, request.model_spec.signature_name or DEFAULT_SIGNATURE)
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(to_tensor_proto(value))
+            response.outputs[key].CopyFrom(to_tensor_proto(value, self.tensor_content))
         return response
 
     @_abort_on_error
@@ -112,14 +140,48 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata["signature_def"].CopyFrom(packed)
         return response
 
-    def Classify(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not implemented by this model server")
+    @_abort_on_error
+    def Classify(self, request, context) -> classification_pb2.ClassificationResponse:
+        return self._one_task(request, context, examples.CLASSIFY_METHOD, classification_pb2.ClassificationResponse)
 
-    def Regress(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not implemented by this model server")
+    @_abort_on_error
+    def Regress(self, request, context) -> regression_pb2.RegressionResponse:
+        return self._one_task(request, context, examples.REGRESS_METHOD, regression_pb2.RegressionResponse)
 
-    def MultiInference(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by this model server")
+    def _one_task(self, request, context, method: str, response_type):
+        servable, (result,) = self.core.infer(model_spec_from_proto(request.model_spec),
+                                              [(method, request.model_spec.signature_name)],
+                                              request.input, context.time_remaining())
+        response = response_type(result=result)
+        _fill_model_spec(response.model_spec, servable, request.model_spec.signature_name)
+        return response
+
+    @_abort_on_error
+    def MultiInference(self, request, context) -> inference_pb2.MultiInferenceResponse:
+        """Several Classify/Regress tasks on one model, one set of examples (multi_inference.cc)."""
+        if not request.tasks:
+            raise invalid_argument("MultiInferenceRequest must contain at least one task")
+        if any(not task.model_spec.name for task in request.tasks):
+            raise invalid_argument("Found ModelSpec with an empty model name.")
+        if len({task.model_spec.name for task in request.tasks}) != 1:
+            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        first = request.tasks[0].model_spec
+        servable, results = self.core.infer(
+            model_spec_from_proto(first), [(t.method_name, t.model_spec.signature_name) for t in request.tasks],
+            request.input, context.time_remaining())
+        response = inference_pb2.MultiInferenceResponse()
+        for task, result in zip(request.tasks, results):
+            entry = response.results.add()
+            kind = "classification_result" if task.method_name == examples.CLASSIFY_METHOD else "regression_result"
+            getattr(entry, kind).CopyFrom(result)
+            _fill_model_spec(entry.model_spec, servable, task.model_spec.signature_name)
+        return response
+
+
+def _fill_model_spec(spec: model_pb2.ModelSpec, servable, signature_name: str) -> None:
+    spec.name = servable.name
+    spec.version.value = servable.version
+    spec.signature_name = signature_name
 
 
 def is_local_peer(peer: str) -> bool:
@@ -173,20 +235,36 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def start_grpc_server(core: ServerCore, address: str, port: int, max_threads: int = DEFAULT_GRPC_MAX_THREADS,
-                      allow_remote_reload_config: bool = False) -> grpc.Server:
+def start_grpc_server(core: ServerCore, options: GrpcOptions) -> grpc.Server:
+    """TCP (unless port 0, then the Unix socket alone) with the credentials asked for; the Unix
+    socket, as TF Serving's, without."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
-        maximum_concurrent_rpcs=CALLS_PER_THREAD * max_threads,
+        futures.ThreadPoolExecutor(max_workers=options.max_threads, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=CALLS_PER_THREAD * options.max_threads,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            *options.channel_arguments,
         ],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, allow_remote_reload_config), server)
-    bound = server.add_insecure_port(f"{address}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC port {port}")
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core, options.tensor_content), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelService(core, options.allow_remote_reload_config), server)
+    if options.health_service:
+        from grpc_health.v1 import health, health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    if options.port:
+        credentials = server_credentials(options.use_alts_credentials, options.ssl_config_file)
+        address = f"{options.address}:{options.port}"
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC port {options.port}")
+        log.info("Running gRPC ModelServer at %s ...", address)
+    if options.socket_path:
+        if server.add_insecure_port(f"unix:{options.socket_path}") == 0:
+            raise OSError(f"cannot bind the gRPC Unix socket {options.socket_path}")
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.socket_path)
     server.start()
     return server

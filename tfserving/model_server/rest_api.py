@@ -3,6 +3,8 @@
     GET  /v1/models/NAME[/versions/N | /labels/L]            model status
     GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   signatures
     POST /v1/models/NAME[/versions/N | /labels/L]:predict    row ("instances") or columnar ("inputs")
+    POST /v1/models/NAME[/versions/N | /labels/L]:classify   {"examples": [...], "context": {...}}
+    POST /v1/models/NAME[/versions/N | /labels/L]:regress    the same
 
 The HTTP server is the standard library's threading server: this API carries status checks
 and conformance tests; the API services talk gRPC. It is bounded all the same: at most
@@ -31,8 +33,10 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from model_server import examples
 from model_server.core import ModelSpec, ServerCore
 from model_server.errors import ServingError, invalid_argument, unavailable
+from model_server.flags import DEFAULT_REST_NUM_THREADS, DEFAULT_REST_TIMEOUT_MS
 from model_server.monitoring import METRICS
 from model_server.servable import DEFAULT_SIGNATURE
 from model_server.tensors import check_request_bytes, decoded_bytes, from_json, to_json
@@ -45,8 +49,10 @@ log = logging.getLogger(__name__)
 # number of threads. (A 57 MB body of empty lists took 21 GB once fed to the lstm graph.)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_BUDGET_BYTES = MAX_BODY_BYTES
-DEFAULT_NUM_THREADS = 16
-DEFAULT_TIMEOUT_SECONDS = 30.0  # TF Serving's --rest_api_timeout_in_ms default
+DEFAULT_TIMEOUT_SECONDS = DEFAULT_REST_TIMEOUT_MS / 1000
+# TF Serving's CORS headers (--rest_api_enable_cors_support; http_server.cc)
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
+                ("Access-Control-Allow-Headers", "Content-Type"))
 # How long a connection may wait for its next request, holding a thread (gunicorn's keep-alive
 # default): 150 idle connections keep a new one waiting ~150 / 16 x 2 s = 19 s, not 150 / 16 x 30 s.
 IDLE_SECONDS = 2.0
@@ -72,6 +78,16 @@ def _batch_rows(instances: list, signature) -> dict[str, np.ndarray]:
     else:
         raise invalid_argument(f"instances must be objects naming the inputs {sorted(names)}")
     return _typed(columns, signature)
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise invalid_argument(f"JSON Parse error: {error}") from None
+    if not isinstance(request, dict):
+        raise invalid_argument("the request body must be a JSON object")
+    return request
 
 
 def _typed(columns: dict, signature) -> dict[str, np.ndarray]:
@@ -156,6 +172,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_OPTIONS(self) -> None:
+        """A CORS preflight, when CORS is on; else no such method, as TF Serving."""
+        if not self.server.cors:
+            self._reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "OPTIONS needs --rest_api_enable_cors_support"})
+            return
+        self._send(HTTPStatus.OK, b"", "text/plain")
+
     def _dispatch(self, method: str) -> None:
         if method == "GET" and self.metrics_path and self.path.split("?", 1)[0] == self.metrics_path:
             self._reply_text(METRICS.exposition(), "text/plain; version=0.0.4")
@@ -178,7 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             match = _PATH.match(self.path.split("?", 1)[0])
             if match:
-                api = "Predict" if method == "POST" else "GetModelMetadata" if match["metadata"] else "GetModelStatus"
+                api = ((match["verb"] or "predict").capitalize() if method == "POST"
+                       else "GetModelMetadata" if match["metadata"] else "GetModelStatus")
                 METRICS.observe(match["name"], api, "REST", status, time.perf_counter() - started)
 
     def _answer(self, method: str, body: bytes) -> None:
@@ -197,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif match["verb"] == "predict":
             payload = self._predict(spec, body)
         else:
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{match['verb']} is not implemented")
+            payload = self._classify_or_regress(spec, match["verb"], body)
         self._reply(HTTPStatus.OK, payload)
 
     def _status(self, spec: ModelSpec) -> dict:
@@ -223,16 +247,24 @@ class _Handler(BaseHTTPRequestHandler):
             signatures.signature_def[key].CopyFrom(signature)
         return {
             "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-            "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
+            "metadata": {"signature_def": json_format.MessageToDict(
+                signatures, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)},
         }
 
+    def _classify_or_regress(self, spec: ModelSpec, verb: str, body: bytes) -> dict:
+        request = _json_object(body)
+        signature_name = request.get("signature_name") or DEFAULT_SIGNATURE
+        if not isinstance(signature_name, str):
+            raise invalid_argument("'signature_name' must be a string")
+        method = examples.CLASSIFY_METHOD if verb == "classify" else examples.REGRESS_METHOD
+        _, (result,) = self.core.infer(spec, [(method, signature_name)], examples.input_from_json(request),
+                                       timeout=self.server.timeout_seconds)
+        if verb == "classify":
+            return examples.classification_json(result)
+        return examples.regression_json(result)
+
     def _predict(self, spec: ModelSpec, body: bytes) -> dict:
-        try:
-            request = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise invalid_argument(f"JSON Parse error: {error}") from None
-        if not isinstance(request, dict):
-            raise invalid_argument("the request body must be a JSON object")
+        request = _json_object(body)
         signature_name = request.get("signature_name") or DEFAULT_SIGNATURE
         spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
         signature = self.core.resolve(spec).signature(signature_name)
@@ -284,6 +316,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self.server.cors:
+            for name, value in CORS_HEADERS:
+                self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -298,8 +333,10 @@ class RestServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # connections waiting for a thread wait here, in the kernel
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler], num_threads: int, timeout_seconds: float):
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], num_threads: int, timeout_seconds: float,
+                 cors: bool = False):
         super().__init__(address, handler)
+        self.cors = cors
         self.timeout_seconds = timeout_seconds
         self.body_budget = _ByteBudget(BODY_BUDGET_BYTES)
         self._threads_free = threading.BoundedSemaphore(num_threads)
@@ -328,9 +365,9 @@ class RestServer(ThreadingHTTPServer):
 
 
 def start_rest_server(core: ServerCore, address: str, port: int, metrics_path: str | None = None,
-                      num_threads: int = DEFAULT_NUM_THREADS,
-                      timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> RestServer:
+                      num_threads: int = DEFAULT_REST_NUM_THREADS,
+                      timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, cors: bool = False) -> RestServer:
     handler = type("Handler", (_Handler,), {"core": core, "metrics_path": metrics_path})
-    server = RestServer((address, port), handler, num_threads, timeout_seconds)
+    server = RestServer((address, port), handler, num_threads, timeout_seconds, cors)
     threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
     return server

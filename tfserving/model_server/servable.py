@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,8 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from model_server.config import BatchingParameters
 from model_server.errors import invalid_argument
-from model_server.tensors import from_tensor_protos
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,14 @@ class Servable:
     request that already holds one finishes normally.
     """
 
-    def __init__(self, name: str, version: int, path: Path):
+    def __init__(self, name: str, version: int, path: Path, tags: tuple[str, ...] = ("serve",),
+                 batching: BatchingParameters | None = None):
         self.name = name
         self.version = version
         self.path = path
-        self.signature_defs = _read_signature_defs(path)
-        self._model = tf.saved_model.load(str(path), tags=["serve"])
+        self.batching = batching  # its own batching_params.pbtxt, or None: the server's
+        self.signature_defs = _read_signature_defs(path, set(tags))
+        self._model, self._tf1_shapes = _load_saved_model(self, path, tags)
         self._functions = {key: self._model.signatures[key] for key in self.signature_defs}
 
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
@@ -57,7 +62,9 @@ class Servable:
             got = _dtype_of(value)
             if got != want:
                 raise invalid_argument(f"Expects arg[{key}] to be {want.name} but {got.name} is provided")
-            _check_shape(key, value.shape, signature.inputs[key].tensor_shape)
+            declared = signature.inputs[key].tensor_shape
+            if not (self._tf1_shapes and not declared.dim):  # TF1's empty shape: unknown, not a scalar
+                _check_shape(key, value.shape, declared)
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the signature on already-validated inputs; returns numpy outputs."""
@@ -68,51 +75,93 @@ class Servable:
             for key, value in inputs.items()
         }
         try:
-            outputs = function(**feeds)
+            outputs = _call_unchecked(function, feeds)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
             raise invalid_argument(_short(error)) from None
         return {key: value.numpy() for key, value in outputs.items()}
 
-    def warm_up(self, run: Callable[[str, dict[str, np.ndarray]], object]) -> int:
-        """Replay `assets.extra/tf_serving_warmup_requests` as TF Serving does before AVAILABLE."""
+    def warmup_records(self) -> Iterator[prediction_log_pb2.PredictionLog]:
+        """`assets.extra/tf_serving_warmup_requests`: a TFRecord file of PredictionLog, at most
+        MAX_WARMUP_RECORDS of them read (TF Serving's rule: a longer file fails the load)."""
         path = self.path / WARMUP_FILE
         if not path.exists():
-            return 0
-        count = 0
-        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if entry.WhichOneof("log_type") != "predict_log":
-                raise ValueError(f"{path}: only predict_log warm-up records are supported")
-            request = entry.predict_log.request
-            inputs = from_tensor_protos(request.inputs)
-            self.validate_inputs(request.model_spec.signature_name, inputs)
-            run(request.model_spec.signature_name, inputs)
-            count += 1
-        return count
+            return
+        for count, record in enumerate(tf.data.TFRecordDataset(str(path)), 1):
+            if count > MAX_WARMUP_RECORDS:
+                raise ValueError(f"{path}: more than {MAX_WARMUP_RECORDS} warm-up records")
+            yield prediction_log_pb2.PredictionLog.FromString(record.numpy())
 
 
-def _read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The serving MetaGraph's signatures, as TF Serving reports them in metadata."""
+def _call_unchecked(function, feeds: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Call a signature as TF Serving runs a session: the tensors go to the graph, which decides
+    (the Python wrapper would refuse e.g. [3] for a [?,1] input that the graph computes fine).
+    _check_shape has already refused the ranks that can abort a kernel."""
+    keywords = getattr(function, "_arg_keywords", None)
+    if keywords is None or set(keywords) != set(feeds) or not hasattr(function, "_call_flat"):
+        return function(**feeds)
+    return function._call_flat([feeds[key] for key in keywords], function.captured_inputs)
+
+
+def _load_saved_model(owner: Servable, path: Path, tags: tuple[str, ...]) -> tuple[object, bool]:
+    """tf.saved_model.load; but TF Serving ignores the shapes a TF1 signature declares, and
+    TensorFlow's Python loader sets them on the graph's tensors, failing where they disagree
+    (`Shapes must be equal rank`: TF Serving's own half_plus_three test model, whose placeholders
+    and signatures carry TF1's empty "no shape", which later TensorFlow reads as a scalar). Such a
+    model is loaded from a copy where an empty shape means unknown, as TF1 meant it: its other
+    files linked, the copy removed with the servable. Metadata still reports the declared shapes.
+    Returns the model, and whether it was loaded so (its empty shapes then check nothing)."""
+    try:
+        return tf.saved_model.load(str(path), tags=list(tags)), False
+    except ValueError as error:
+        if "Shapes must be" not in str(error):
+            raise
+        log.warning("%s: its signatures declare shapes its graph does not have; loading it without them", path)
+    staging = Path(tempfile.mkdtemp(prefix="savedmodel-"))
+    weakref.finalize(owner, shutil.rmtree, staging, True)
+    for item in path.iterdir():
+        if item.name != "saved_model.pb":
+            (staging / item.name).symlink_to(item.resolve())
     saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
     for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
+        shapes = [node.attr["shape"].shape for node in meta_graph.graph_def.node if node.op == "Placeholder"]
+        for signature in meta_graph.signature_def.values():
+            shapes += [info.tensor_shape for info in (*signature.inputs.values(), *signature.outputs.values())]
+        for shape in shapes:
+            if not shape.dim and not shape.unknown_rank:  # TF1's "no shape" (it read as a scalar later)
+                shape.unknown_rank = True
+    (staging / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    return tf.saved_model.load(str(staging), tags=list(tags)), True
+
+
+def _read_signature_defs(path: Path, tags: set[str]) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The signatures of the MetaGraph with exactly these tags, as TF Serving reports them."""
+    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == tags:
             return {
                 key: signature
                 for key, signature in meta_graph.signature_def.items()
                 if not key.startswith("__")  # e.g. __saved_model_init_op
             }
-    raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
+    raise ValueError(f"{path}: no MetaGraph tagged {','.join(sorted(tags))}")
 
 
 def _check_shape(key: str, shape: tuple[int, ...], expected) -> None:
-    """Refuse shapes the signature rules out before TensorFlow sees them: some kernels abort
-    the whole process on a wrong rank instead of returning an error."""
+    """TF Serving passes any shape on to the graph; but some kernels then abort the whole process
+    on a wrong rank (cv_sod's convolution does with (320, 320, 3)), so a shape the signature rules
+    out is refused, with one exception TF Serving's own tests rely on: the signature's known
+    size-1 dimensions may be left out (`[3]` for `[?,1]`), which elementwise graphs take."""
     if expected.unknown_rank:
         return
     dims = [d.size for d in expected.dim]
-    if len(shape) != len(dims) or any(want not in (-1, got) for want, got in zip(dims, shape)):
-        wanted = "[" + ",".join("?" if d == -1 else str(d) for d in dims) + "]"
-        raise invalid_argument(f"input {key} has shape {list(shape)} but the signature expects {wanted}")
+    if _compatible(shape, dims) or _compatible(shape, [d for d in dims if d != 1]):
+        return
+    wanted = "[" + ",".join("?" if d == -1 else str(d) for d in dims) + "]"
+    raise invalid_argument(f"input {key} has shape {list(shape)} but the signature expects {wanted}")
+
+
+def _compatible(shape: tuple[int, ...], dims: list[int]) -> bool:
+    return len(shape) == len(dims) and all(want in (-1, got) for want, got in zip(dims, shape))
 
 
 def _dtype_of(value: np.ndarray) -> tf.dtypes.DType:

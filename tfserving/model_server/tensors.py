@@ -89,18 +89,45 @@ def _checked(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, bytes]:
 def _decode(proto: tensor_pb2.TensorProto, content: bytes) -> np.ndarray:
     """tf.make_ndarray, without its second copy of tensor_content: the array reads the bytes
     (read-only; TensorFlow copies it when fed, batching when merging)."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    dtype = np.dtype(tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype)
     if content:
-        dtype = tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype
-        return np.frombuffer(content, dtype=dtype).reshape([d.size for d in proto.tensor_shape.dim])
+        return np.frombuffer(content, dtype=dtype).reshape(dims)
+    field = _TYPED_FIELDS.get(dtype)
+    if field and len(values := getattr(proto, field)) == math.prod(dims):
+        # Every value given (perf_analyzer sends its images so): one copy, 0.1 ms for 307,200
+        # floats where tf.make_ndarray iterates them (14 ms).
+        return np.array(values, dtype=dtype).reshape(dims)
     try:
         return tf.make_ndarray(proto)
     except Exception as error:  # noqa: BLE001 - any decoding failure is a bad tensor
         raise invalid_argument(f"Unable to parse tensor proto: {error}") from None
 
 
-def to_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
-    """Numeric outputs go out as packed `tensor_content`, strings as `string_val`."""
-    return tf.make_tensor_proto(value)
+# Where TF Serving's Tensor::AsProtoField puts each dtype's values (tensor.proto).
+_TYPED_FIELDS = {
+    np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val", np.dtype(np.int32): "int_val",
+    np.dtype(np.int16): "int_val", np.dtype(np.int8): "int_val", np.dtype(np.uint8): "int_val",
+    np.dtype(np.uint16): "int_val", np.dtype(np.int64): "int64_val", np.dtype(np.uint32): "uint32_val",
+    np.dtype(np.uint64): "uint64_val", np.dtype(np.bool_): "bool_val",
+}
+
+
+def to_tensor_proto(value: np.ndarray, tensor_content: bool = False) -> tensor_pb2.TensorProto:
+    """An output as TF Serving writes it: values in the dtype's typed field (`float_val`, ...),
+    or, with --enable_serialization_as_tensor_content, numeric values packed in `tensor_content`
+    (smaller and faster; clients decode either with tf.make_ndarray). Strings: `string_val`."""
+    field = _TYPED_FIELDS.get(value.dtype)
+    if field is None:
+        return tf.make_tensor_proto(value)
+    proto = tensor_pb2.TensorProto(dtype=tf.dtypes.as_dtype(value.dtype).as_datatype_enum)
+    for size in value.shape:
+        proto.tensor_shape.dim.add(size=size)
+    if tensor_content:
+        proto.tensor_content = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+    else:
+        getattr(proto, field).extend(value.ravel().tolist())
+    return proto
 
 
 def from_json(value: object, dtype: tf.dtypes.DType, name: str) -> np.ndarray:
@@ -135,15 +162,20 @@ def _decode_strings(value: object) -> object:
     if isinstance(value, list):
         return [_decode_strings(v) for v in value]
     if isinstance(value, dict):
-        if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise ServingValueError('binary values must be written as {"b64": "<base64>"}')
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise ServingValueError("invalid base64 in a b64 value") from None
+        return b64_bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
     raise ServingValueError(f"expected a string, got {type(value).__name__}")
+
+
+def b64_bytes(value: dict) -> bytes:
+    """A REST binary value, `{"b64": "<base64>"}`."""
+    if set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise ServingValueError('binary values must be written as {"b64": "<base64>"}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ServingValueError("invalid base64 in a b64 value") from None
 
 
 def _encode_strings(value: object, force_b64: bool) -> object:
