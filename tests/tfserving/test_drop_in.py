@@ -408,7 +408,7 @@ def test_a_tf1_model_whose_shapes_are_tf1s_empty_no_shape(tmp_path):
         metadata = requests.get(f"{server.rest}/metadata", timeout=10).json()
         declared = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["x"]
         assert declared["tensor_shape"] == {"dim": [], "unknown_rank": False}, "reported as declared"
-        staged = [line for line in server.process.log_text().splitlines() if "loading it without them" in line]
+        staged = [line for line in server.process.log_text().splitlines() if "loading it with them unknown" in line]
         assert len(staged) == 1
     finally:
         server.stop()

@@ -110,27 +110,36 @@ def _load_saved_model(owner: Servable, path: Path, tags: tuple[str, ...]) -> tup
     model is loaded from a copy where an empty shape means unknown, as TF1 meant it: its other
     files linked, the copy removed with the servable. Metadata still reports the declared shapes.
     Returns the model, and whether it was loaded so (its empty shapes then check nothing)."""
+    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    empty = [shape for shape in _declared_shapes(saved_model) if not shape.dim and not shape.unknown_rank]
     try:
         return tf.saved_model.load(str(path), tags=list(tags)), False
     except ValueError as error:
-        if "Shapes must be" not in str(error):
+        if not empty:
             raise
-        log.warning("%s: its signatures declare shapes its graph does not have; loading it without them", path)
+        # The message depends on which node TensorFlow trips on first ("Shapes must be equal
+        # rank", or "Shape must be rank 1 but is rank 0 for ParseExample"): retried on the cause.
+        log.warning("%s: its graph and signatures declare empty shapes (%s); loading it with them unknown",
+                    path, str(error).splitlines()[0][:200])
     staging = Path(tempfile.mkdtemp(prefix="savedmodel-"))
     weakref.finalize(owner, shutil.rmtree, staging, True)
     for item in path.iterdir():
         if item.name != "saved_model.pb":
             (staging / item.name).symlink_to(item.resolve())
-    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-    for meta_graph in saved_model.meta_graphs:
-        shapes = [node.attr["shape"].shape for node in meta_graph.graph_def.node if node.op == "Placeholder"]
-        for signature in meta_graph.signature_def.values():
-            shapes += [info.tensor_shape for info in (*signature.inputs.values(), *signature.outputs.values())]
-        for shape in shapes:
-            if not shape.dim and not shape.unknown_rank:  # TF1's "no shape" (it read as a scalar later)
-                shape.unknown_rank = True
+    for shape in empty:  # TF1's "no shape" (it read as a scalar later)
+        shape.unknown_rank = True
     (staging / "saved_model.pb").write_bytes(saved_model.SerializeToString())
     return tf.saved_model.load(str(staging), tags=list(tags)), True
+
+
+def _declared_shapes(saved_model: saved_model_pb2.SavedModel) -> list:
+    """Every shape a SavedModel declares for its placeholders and signature tensors."""
+    shapes = []
+    for meta_graph in saved_model.meta_graphs:
+        shapes += [node.attr["shape"].shape for node in meta_graph.graph_def.node if node.op == "Placeholder"]
+        for signature in meta_graph.signature_def.values():
+            shapes += [info.tensor_shape for info in (*signature.inputs.values(), *signature.outputs.values())]
+    return shapes
 
 
 def _read_signature_defs(path: Path, tags: set[str]) -> dict[str, meta_graph_pb2.SignatureDef]:
