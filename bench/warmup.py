@@ -74,6 +74,9 @@ STEADY_CALLS, STEADY_KEPT = 30, 20
 # Then, on the warm server, a shape no record has: 8 texts of two reviews each (13-19 words, padded).
 LATER_TEXTS = [CORPUS[i] + CORPUS[i + 1] for i in range(8)]
 LATER_CALLS = 10
+# A request after a pause costs more than back-to-back ones on any warm server (CPU caches, thread
+# wake-ups): the first request comes after one, so it is also compared with calls after the same pause.
+IDLE_CALLS, IDLE_SECONDS = 5, 1.0
 LATENCY_SUM = ':tensorflow:serving:request_latency_sum{{model_name="{model}",API="Predict",entrypoint="GRPC"}} '
 LOAD_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*"
                        r"(?:Loading servable version|Successfully loaded servable version)", re.MULTILINE)
@@ -109,6 +112,7 @@ class Start:
     server_first_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # its request_latency
     second_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     steady_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # median of the last 20
+    idle_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # median of calls after IDLE_SECONDS
     calls_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # every call, in order
     server_steady_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # its mean over the last 20
     later_first_ms: float = 0.0  # lstm, the new shape's first call after the steady state
@@ -190,17 +194,22 @@ def measure(start: Start, model_inputs: dict[str, dict[str, np.ndarray]], reposi
                 client.model_status(model)
             start.connect_ms = (time.perf_counter() - began) * 1000
             for model in ORDER:
-                latencies, server = [], []
+                latencies, server = [], [server_latency_ms(rest_url, model)]  # the server's own warm-up calls
                 for call in range(1 + STEADY_CALLS):
                     if call in (1, 1 + STEADY_CALLS - STEADY_KEPT):  # between calls, never inside one
                         server.append(server_latency_ms(rest_url, model))
                     latencies.append(_predict_ms(client, model, model_inputs[model]))
                 server.append(server_latency_ms(rest_url, model))
-                start.server_first_ms[model] = server[0]
+                start.server_first_ms[model] = server[1] - server[0]
                 start.server_steady_ms[model] = (server[-1] - server[-2]) / STEADY_KEPT
                 start.first_ms[model], start.second_ms[model] = latencies[0], latencies[1]
                 start.calls_ms[model] = latencies
                 start.steady_ms[model] = statistics.median(latencies[-STEADY_KEPT:])
+                idle = []
+                for _ in range(IDLE_CALLS):
+                    time.sleep(IDLE_SECONDS)
+                    idle.append(_predict_ms(client, model, model_inputs[model]))
+                start.idle_ms[model] = statistics.median(idle)
             latencies = [_predict_ms(client, "lstm", model_inputs["lstm later"]) for _ in range(1 + LATER_CALLS)]
             start.later_first_ms, start.later_steady_ms = latencies[0], statistics.median(latencies[1:])
         finally:
@@ -235,6 +244,8 @@ def report(starts: list[Start], model_inputs: dict, command: str, repository: Pa
         "Client: tfserving_client over gRPC, no retries. After both models are AVAILABLE (REST), the channel is "
         "opened with one GetModelStatus per model (`connect`), then per model (lstm, then cv_sod) the first "
         f"Predict and {STEADY_CALLS} more in sequence; `steady` is the median of the last {STEADY_KEPT}. "
+        f"`after a pause`: then {IDLE_CALLS} calls, each after {IDLE_SECONDS:g} s idle, as the first call comes "
+        "after the server sat idle (a warm server's request after a pause costs more than back-to-back ones). "
         "All in ms, client-side, except `server-side`: the server's own request_latency (its gRPC handler, "
         "without transport), read from its Prometheus endpoint between calls: the first call's, and the mean of "
         f"the last {STEADY_KEPT}.",
@@ -245,9 +256,10 @@ def report(starts: list[Start], model_inputs: dict, command: str, repository: Pa
     for model in ORDER:
         lines += ["", f"## {model}", "",
                   "| warm-up | starts | first: median | first: max | second: median | steady: median "
-                  "| first / steady | server-side first: median | server-side steady | warm-up records "
+                  "| first / steady | after a pause: median | first / after a pause "
+                  "| server-side first: median | server-side steady | warm-up records "
                   "| warm-up elapsed: median |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for warmup in (True, False):
             group = [s for s in starts if s.warmup == warmup]
             if not group:
@@ -255,12 +267,13 @@ def report(starts: list[Start], model_inputs: dict, command: str, repository: Pa
             first, first_max = _stats([s.first_ms[model] for s in group])
             second = statistics.median(s.second_ms[model] for s in group)
             steady = statistics.median(s.steady_ms[model] for s in group)
+            idle = statistics.median(s.idle_ms[model] for s in group)
             server_first = statistics.median(s.server_first_ms[model] for s in group)
             server_steady = statistics.median(s.server_steady_ms[model] for s in group)
             records = sorted({s.warmup_records.get(model, 0) for s in group})
             elapsed = [s.warmup_ms[model] for s in group if model in s.warmup_ms]
             lines.append(f"| {'on' if warmup else 'off'} | {len(group)} | {first:.1f} | {first_max:.1f} "
-                         f"| {second:.1f} | {steady:.1f} | {first / steady:.1f}x "
+                         f"| {second:.1f} | {steady:.1f} | {first / steady:.1f}x | {idle:.1f} | {first / idle:.1f}x "
                          f"| {server_first:.1f} | {server_steady:.1f} "
                          f"| {', '.join(map(str, records))} "
                          f"| {f'{statistics.median(elapsed):.0f}' if elapsed else '-'} |")

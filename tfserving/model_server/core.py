@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import input_pb2, prediction_log_pb2
+from tensorflow_serving.apis import input_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from model_server import examples
@@ -152,6 +152,23 @@ class ServerCore:
         with self._sync_lock:
             for model in list(self._models.values()):
                 self._sync_versions(model)
+
+    def warmup_predicts(self) -> list[predict_pb2.PredictRequest]:
+        """Each available version's first Predict warm-up record, aimed at that version: replayed
+        through the gRPC API itself once it listens (main.py), so that the request path around the
+        model (decoding, encoding, the handler) is warm too, not only the model."""
+        with self._state_lock:
+            servables = [s for model in self._models.values() for s in model.servables.values()]
+        requests = []
+        for servable in servables:
+            record = next((r for r in servable.warmup_records() if r.WhichOneof("log_type") == "predict_log"), None)
+            if record is not None:
+                request = predict_pb2.PredictRequest()
+                request.CopyFrom(record.predict_log.request)
+                request.model_spec.name = servable.name
+                request.model_spec.version.value = servable.version
+                requests.append(request)
+        return requests
 
     def stop(self) -> None:
         if self.batcher:
