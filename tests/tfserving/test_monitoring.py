@@ -39,7 +39,20 @@ def test_latency_histogram_is_cumulative_in_microseconds():
     buckets = [float(v) for v in re.findall(r'request_latency_bucket\{[^}]*\} (\S+)', text)]
     assert buckets == sorted(buckets) and buckets[-1] == 2
     labels = 'model_name="lstm",API="Predict",entrypoint="GRPC"'
-    assert f":tensorflow:serving:request_latency_sum{{{labels}}} 2.0002e+07" in text
+    assert f":tensorflow:serving:request_latency_sum{{{labels}}} 20002000.0" in text
+
+
+def test_counts_and_sums_are_exact_past_six_digits():
+    """`:g` printed 1234567 requests as 1.23457e+06 and dropped a sum's microseconds."""
+    metrics = Metrics()
+    metrics.observe("lstm", "Predict", "GRPC", "OK", 0.001)
+    buckets = metrics._latency[("lstm", "Predict", "GRPC")]
+    buckets[0], buckets[-2], buckets[-1] = 1_234_566.0, 12_345_678.25, 1_234_567.0  # + the one observed
+    text = metrics.exposition()
+    labels = 'model_name="lstm",API="Predict",entrypoint="GRPC"'
+    assert f":tensorflow:serving:request_latency_count{{{labels}}} 1234567" in text
+    assert f":tensorflow:serving:request_latency_sum{{{labels}}} 12345678.25" in text
+    assert f':tensorflow:serving:request_latency_bucket{{{labels},le="+Inf"}} 1234567' in text
 
 
 def test_the_server_counts_predict_calls(serving, prediction_stub):

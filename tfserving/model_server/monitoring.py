@@ -85,9 +85,10 @@ class Metrics:
             for bound, count in zip([*LATENCY_BOUNDS_US, float("inf")], values):
                 running += count
                 le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{le}"}} {running:g}')
-            lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {values[-2]:g}")
-            lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {values[-1]:g}")
+                lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{le}"}} {int(running)}')
+            # Exact: `:g` kept 6 digits (1.23457e+06 requests; a sum past 1 s lost its microseconds).
+            lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {values[-2]!r}")
+            lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {int(values[-1])}")
         lines.append("# TYPE model_server_batching_expired_tasks_total counter")
         for model, count in sorted(expired.items()):
             lines.append(f'model_server_batching_expired_tasks_total{{model_name="{_escape(model)}"}} {count}')
