@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from model_server.errors import ServingError
-from model_server.tensors import MAX_REQUEST_BYTES, from_json, from_tensor_protos
+from model_server.tensors import MAX_REQUEST_BYTES, from_json, from_tensor_protos, to_tensor_proto
 from tests.tfserving.hostile import padded_predict
 
 
@@ -84,3 +84,18 @@ def test_json_nested_past_the_recursion_limit_is_invalid_argument():
     with pytest.raises(ServingError) as caught:
         from_json(value, tf.string, "words")
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("value", [
+    np.random.default_rng(0).random((1, 320, 320, 1), dtype=np.float32), np.random.default_rng(1).random((3, 2)),
+    np.float32(2.5).reshape(()), np.zeros((0, 2), np.float32), np.array([1, 2], np.int64), np.array([[True]]),
+    np.arange(6, dtype=">f4").reshape(2, 3), np.array([b"x", b"yz"], dtype=object),
+])
+@pytest.mark.parametrize("packed", [False, True])
+def test_outputs_in_typed_fields_or_packed(value, packed):
+    """TF Serving's default is the typed fields (clients read `float_val`, `int64_val` directly);
+    --enable_serialization_as_tensor_content packs them."""
+    proto = tensor_pb2.TensorProto.FromString(to_tensor_proto(value, packed).SerializeToString())
+    decoded = tf.make_ndarray(proto)
+    assert decoded.shape == value.shape and np.array_equal(decoded, value.astype(decoded.dtype))
+    assert bool(proto.tensor_content) == (packed and value.size > 0 and value.dtype != object)
