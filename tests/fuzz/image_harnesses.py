@@ -71,12 +71,25 @@ def fuzz_image_decode(data: bytes) -> None:
         return
     _warm_up()
     budget = header.working_bytes(MODEL_SIZE)
+    growth = _decode_growth(data, header, budget)
+    if growth > budget + PEAK_SLACK_BYTES:
+        # Resident memory is the whole process's: in a long test session other threads (gRPC's,
+        # earlier tests') allocate meanwhile (CI: one seed +4.2 MB once, +1.9 MB alone). What the
+        # input costs happens again; a second measure tells the two apart.
+        growth = min(growth, _decode_growth(data, header, budget))
+    if growth > budget + PEAK_SLACK_BYTES:
+        raise FuzzFinding(f"{header.describe()} ({len(data):,} bytes): resident memory grew {growth:,} bytes "
+                          f"while decoding, over its working_bytes() of {budget:,} (+{PEAK_SLACK_BYTES:,} slack)")
+
+
+def _decode_growth(data: bytes, header: ImageHeader, budget: int) -> int:
+    """The decoding child's steps on one input, checked; how far resident memory rose meanwhile."""
     limit = contextlib.nullcontext() if UNCAPPED else allocating_at_most(budget + len(data) + CHILD_SLACK_BYTES)
     example = None
     with peak_growth() as peak, limit:
         try:
             image = decode_image(data, header, MODEL_SIZE)
-        except InputError:  # refused: what it cost on the way is still checked below
+        except InputError:  # refused: what it cost on the way is still checked
             image = None
         if image is not None:
             if image.nbytes > budget:
@@ -86,9 +99,7 @@ def fuzz_image_decode(data: bytes) -> None:
             del image
     if example is not None and (example.shape != (MODEL_SIZE, MODEL_SIZE, 3) or example.dtype != np.float32):
         raise FuzzFinding(f"{header.describe()}: model_example gave {example.shape} {example.dtype}")
-    if peak["growth"] > budget + PEAK_SLACK_BYTES:
-        raise FuzzFinding(f"{header.describe()} ({len(data):,} bytes): resident memory grew {peak['growth']:,} bytes "
-                          f"while decoding, over its working_bytes() of {budget:,} (+{PEAK_SLACK_BYTES:,} slack)")
+    return peak["growth"]
 
 
 def within_limits(header: ImageHeader) -> bool:
@@ -117,7 +128,9 @@ def _warm_up() -> None:
         ok, encoded = cv2.imencode(ext, pixels)
         if ok:
             header = read_header(encoded.tobytes())
-            model_example(decode_image(encoded.tobytes(), header, MODEL_SIZE), header.orientation)
+            image = decode_image(encoded.tobytes(), header, MODEL_SIZE)
+            for orientation in range(1, 9):  # each EXIF orientation's flip or rotation
+                model_example(image, orientation)
 
 
 _warm_up.done = False
