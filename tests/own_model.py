@@ -52,10 +52,10 @@ import dataclasses
 import numpy as np
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from service_kit.app import create_service_app
-from service_kit.inputs import json_body
-from service_kit.model_endpoint import InvalidInput, ModelEndpoint
-from service_kit.settings import ServiceSettings, env
+from service_kit.http.app import create_service_app
+from service_kit.http.inputs import json_body
+from service_kit.core.model_endpoint import InvalidInput, ModelEndpoint
+from service_kit.core.settings import ServiceSettings, env
 from service_roster import service_of
 
 ROSTER_ENTRY = service_of(__file__)

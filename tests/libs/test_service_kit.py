@@ -19,13 +19,13 @@ import pytest
 from flask import Flask, request
 from prometheus_client import REGISTRY
 
-from service_kit import metrics
-from service_kit.app import client_gone, create_service_app
-from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
-from service_kit.errors import ApiError
-from service_kit.inputs import decode_base64, json_body, wants_json
-from service_kit.logs import JsonFormatter
-from service_kit.settings import ServiceSettings
+from service_kit.core import metrics
+from service_kit.core.batching import BatchDeadlineExceeded, BatcherOverloaded
+from service_kit.core.settings import ServiceSettings
+from service_kit.http.app import client_gone, create_service_app
+from service_kit.http.errors import ApiError
+from service_kit.http.inputs import decode_base64, json_body, wants_json
+from service_kit.http.logs import JsonFormatter
 from tests.conftest import REPO_ROOT
 from text_api.settings import TextApiSettings
 from vision_api.settings import VisionApiSettings
@@ -96,7 +96,7 @@ def test_log_lines_are_json_with_extra_fields():
 
 def test_every_variable_is_documented():
     documented = (REPO_ROOT / "services" / "README.md").read_text()
-    gunicorn_base = (REPO_ROOT / "libs" / "service_kit" / "service_kit" / "gunicorn_base.py").read_text()
+    gunicorn_base = (REPO_ROOT / "libs" / "service_kit" / "service_kit" / "http" / "gunicorn_base.py").read_text()
     names = {*TextApiSettings.variables(), *VisionApiSettings.variables(),
              *re.findall(r'os\.environ\.get\("([A-Z_]+)"', gunicorn_base)}
     missing = sorted(name for name in names if f"`{name}`" not in documented)
@@ -135,7 +135,7 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     # config reads the service's roster entry: the service's folder, as local mode starts it.
     monkeypatch.setattr(gunicorn.config.Chdir, "default", str(REPO_ROOT / "services" / "text-api"))
     monkeypatch.chdir(REPO_ROOT / "services" / "text-api")
-    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", "python:service_kit.gunicorn_base"])
+    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", "python:service_kit.http.gunicorn_base"])
     cfg = Config().cfg
     logger = cfg.logger_class(cfg)
     assert type(logger).__name__ == "NoAccessLineLogger"
@@ -165,7 +165,7 @@ def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, st
 
 RECYCLING = """
 import json, os, sys, time
-from service_kit import metrics
+from service_kit.core import metrics
 
 def scrape():
     started = time.perf_counter()
@@ -223,7 +223,7 @@ def raising(error: Exception):
 
 
 def test_sheds_are_counted_and_never_logged_other_failures_still_are(caplog):
-    from service_kit.model_endpoint import Busy
+    from service_kit.core.model_endpoint import Busy
 
     app = create_service_app(__name__, ServiceSettings(model_name="shedding"), client=object())
     refusals = {"/busy": Busy("no decoder free"), "/full": BatcherOverloaded("queue_full", "full"),

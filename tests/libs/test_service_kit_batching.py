@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 
-from service_kit.batching import (
+from service_kit.core.batching import (
     BatchDeadlineExceeded,
     BatcherOverloaded,
     BatchQueue,

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from service_kit import deadlines
-from service_kit.app import create_service_app
-from service_kit.model_endpoint import ModelEndpoint
-from service_kit.settings import ServiceSettings
+from service_kit.core import deadlines
+from service_kit.core.model_endpoint import ModelEndpoint
+from service_kit.core.settings import ServiceSettings
+from service_kit.http.app import create_service_app
 
 SETTINGS = ServiceSettings(model_name="m", request_timeout_ms=1000.0, model_timeout_seconds=10.0)
 

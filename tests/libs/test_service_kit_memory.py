@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service_kit.memory import ByteBudget, container_memory_limit
+from service_kit.core.memory import ByteBudget, container_memory_limit
 
 
 def cgroup_tree(tmp_path, proc_lines: str, files: dict[str, str]):

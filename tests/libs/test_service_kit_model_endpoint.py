@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from service_kit.app import create_service_app
-from service_kit.batching import BatchDeadlineExceeded
-from service_kit.errors import register_error_handlers
-from service_kit.model_endpoint import (
+from service_kit.core.batching import BatchDeadlineExceeded
+from service_kit.core.model_endpoint import (
     Busy,
     InputTooLarge,
     InvalidInput,
@@ -20,7 +18,9 @@ from service_kit.model_endpoint import (
     UnsupportedInput,
     UnusableInput,
 )
-from service_kit.settings import ServiceSettings
+from service_kit.core.settings import ServiceSettings
+from service_kit.http.app import create_service_app
+from service_kit.http.errors import register_error_handlers
 from tests.services.conftest import FakeModelClient
 
 

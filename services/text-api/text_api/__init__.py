@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service_kit.app import create_service_app
+from service_kit.http.app import create_service_app
 from text_api.routes import blueprint
 from text_api.sentiment import SentimentModel
 from text_api.settings import TextApiSettings

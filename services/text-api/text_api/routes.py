@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from service_kit.errors import ApiError
-from service_kit.inputs import decode_base64, json_body
+from service_kit.http.errors import ApiError
+from service_kit.http.inputs import decode_base64, json_body
 from text_api.sentiment import Sentiment, SentimentModel
 
 blueprint = Blueprint("text_api", __name__)

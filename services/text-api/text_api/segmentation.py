@@ -14,8 +14,8 @@ import threading
 import time
 
 from model_preprocessing.text import segment
-from service_kit import metrics
-from service_kit.batching import BatcherOverloaded
+from service_kit.core import metrics
+from service_kit.core.batching import BatcherOverloaded
 
 # jieba on this machine: ~4 us a character (128,000 in 0.55 s); learnt from the work itself.
 INITIAL_SECONDS_PER_CHARACTER = 5e-6

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from model_preprocessing.text import load_dictionary, pad_batch
-from service_kit import deadlines
-from service_kit.model_endpoint import InputTooLarge, InvalidInput, ModelEndpoint, UnusableInput
+from service_kit.core import deadlines
+from service_kit.core.model_endpoint import InputTooLarge, InvalidInput, ModelEndpoint, UnusableInput
 from text_api.segmentation import Segmenter
 from text_api.settings import TextApiSettings
 from tfserving_client import ModelServerClient

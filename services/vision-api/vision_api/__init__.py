@@ -19,7 +19,7 @@ DECODERS_START_SECONDS = 60
 
 
 def create_app(settings: VisionApiSettings | None = None, client: ModelServerClient | None = None) -> Flask:
-    from service_kit.app import create_service_app
+    from service_kit.http.app import create_service_app
     from vision_api.routes import blueprint
     from vision_api.saliency import SaliencyModel
     from vision_api.settings import VisionApiSettings

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE
-from service_kit.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
+from service_kit.core.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from vision_api.image_decoding import ImageHeader, decode_file, decode_flags, model_example
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE, model_input, to_rgb8
-from service_kit.input_errors import InvalidInput, UnsupportedInput, UnusableInput
+from service_kit.core.input_errors import InvalidInput, UnsupportedInput, UnusableInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
 

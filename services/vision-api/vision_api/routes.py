@@ -6,8 +6,8 @@ import base64
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from service_kit.errors import ApiError
-from service_kit.inputs import decode_base64, json_body, wants_json
+from service_kit.http.errors import ApiError
+from service_kit.http.inputs import decode_base64, json_body, wants_json
 from vision_api.saliency import SaliencyMask, SaliencyModel
 
 blueprint = Blueprint("vision_api", __name__)

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE, mask_to_image
-from service_kit import deadlines
-from service_kit.batching import BatchDeadlineExceeded
-from service_kit.memory import ByteBudget
-from service_kit.model_endpoint import Busy, InputTooLarge, ModelEndpoint
+from service_kit.core import deadlines
+from service_kit.core.batching import BatchDeadlineExceeded
+from service_kit.core.memory import ByteBudget
+from service_kit.core.model_endpoint import Busy, InputTooLarge, ModelEndpoint
 from tfserving_client import ModelServerClient
 from vision_api.decode_process import CallerGaveUp, DecodePool
 from vision_api.image_decoding import ImageHeader, read_header

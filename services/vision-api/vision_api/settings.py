@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from service_kit.memory import container_memory_limit
-from service_kit.settings import ServiceSettings, env
+from service_kit.core.memory import container_memory_limit
+from service_kit.core.settings import ServiceSettings, env
 from service_roster import service_of
 
 # This service in the roster: its model and body limit are stated there, once.

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import requests
 
-from service_kit.batching import BatcherOverloaded
+from service_kit.core.batching import BatcherOverloaded
 from tests.services.conftest import start_api
 from text_api.segmentation import Segmenter
 

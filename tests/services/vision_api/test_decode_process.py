@@ -9,7 +9,7 @@ import numpy as np
 import psutil
 import pytest
 
-from service_kit.input_errors import Busy, InputTooLarge, InvalidInput
+from service_kit.core.input_errors import Busy, InputTooLarge, InvalidInput
 from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo
 from vision_api.decode_process import CallerGaveUp, DecodePool, DecodeProcess

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_kit.errors import from_input_error
-from service_kit.model_endpoint import InputError
+from service_kit.core.model_endpoint import InputError
+from service_kit.http.errors import from_input_error
 from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo, pil_bytes, png_claiming
 from vision_api.image_decoding import ImageHeader, decode_image, image_format, orient, read_header
@@ -93,7 +93,7 @@ def test_pixel_layouts_decode():
     (b"\xff\xd8\xff\xe0\x00\x10JFIF", 400, "corrupt_image"),
 ])
 def test_hostile_images_are_refused_with_the_right_status(data, status, code):
-    """Decoding raises what is wrong with the image; service_kit.errors makes it a status."""
+    """Decoding raises what is wrong with the image; service_kit.http.errors makes it a status."""
     with pytest.raises(InputError) as caught:
         decode(data)
     assert (from_input_error(caught.value).status, caught.value.code) == (status, code)

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Request
 
-from service_kit.errors import ApiError
+from service_kit.http.errors import ApiError
 
 
 def decode_base64(text: str, what: str) -> bytes:

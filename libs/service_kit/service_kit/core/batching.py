@@ -45,17 +45,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from service_kit.deadlines import fade
+from service_kit.core.deadlines import fade
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-log = logging.getLogger("service_kit.batching")
+log = logging.getLogger("service_kit.core.batching")
 
 _EPSILON = 1e-9  # seconds: rounding, not time
 
 RELEASE_REASONS = ("full", "window", "deadline", "idle")
-# model_requests_shed_total's reasons; late_arrival (service_kit.app, in front of Flask) and busy
+# model_requests_shed_total's reasons; late_arrival (service_kit.http.app, in front of Flask) and busy
 # (a service's Busy) are counted outside the batcher.
 SHED_REASONS = ("late_arrival", "queue_full", "predicted_late", "expired", "client_gone", "busy")
 
@@ -291,7 +291,7 @@ class MicroBatcher(Generic[Item, Result]):
 
     def alive(self) -> bool:
         """False once a loop this process started has stopped: nothing queued would be answered
-        again (service_kit.app's /healthz says so, for the orchestrator to replace the worker)."""
+        again (service_kit.http.app's /healthz says so, for the orchestrator to replace the worker)."""
         return self._started_in != os.getpid() or all(loop.is_alive() for loop in self._loops)
 
     def submit(self, items: Sequence[Item], deadline: float,

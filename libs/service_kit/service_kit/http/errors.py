@@ -9,12 +9,19 @@ import grpc
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from service_kit import deadlines, metrics
-from service_kit.batching import BatchDeadlineExceeded, BatcherOverloaded
-from service_kit.model_endpoint import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
+from service_kit.core import deadlines, metrics
+from service_kit.core.batching import BatchDeadlineExceeded, BatcherOverloaded
+from service_kit.core.model_endpoint import (
+    Busy,
+    InputError,
+    InputTooLarge,
+    InvalidInput,
+    UnsupportedInput,
+    UnusableInput,
+)
 from tfserving_client import ModelServerError
 
-log = logging.getLogger("service_kit.errors")
+log = logging.getLogger("service_kit.http.errors")
 
 
 class ApiError(Exception):
@@ -70,7 +77,7 @@ def error_body(code: str, message: str, request_id: str | None) -> dict:
 
 # Refusals for want of time or room, before any model work: they come in floods, exactly when
 # CPU is short, so they are counted (model_requests_shed_total, http_requests_total) and never
-# logged one line each (service_kit.app); a line cost ~7% of a worker's CPU at one per request.
+# logged one line each (service_kit.http.app); a line cost ~7% of a worker's CPU at one per request.
 SHED_CODES = frozenset({"deadline_unreachable", "overloaded", "busy"})
 
 

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 
-from service_kit.settings import ServiceSettings
+from service_kit.core.settings import ServiceSettings
 
 HEADER = "X-Request-Timeout-Ms"
 START_HEADER = "X-Request-Start"
@@ -33,7 +33,7 @@ class InvalidTimeout(ValueError):
 class RequestBudget:
     """Times on time.monotonic's clock: when nginx passed the request on, when it reached this
     worker, when it must be answered by, and when it reached the model's queue, left it, and had its
-    answer; and how to tell that its caller is gone (service_kit.app asks the connection)."""
+    answer; and how to tell that its caller is gone (service_kit.http.app asks the connection)."""
 
     received: float
     deadline: float

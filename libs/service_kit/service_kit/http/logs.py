@@ -28,12 +28,12 @@ class JsonFormatter(logging.Formatter):
 LOGCONFIG = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "service_kit.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "service_kit.http.logs.JsonFormatter"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "root": {"level": "INFO", "handlers": ["stdout"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
-        # The app logs each request itself, as JSON with its request id (service_kit.app).
+        # The app logs each request itself, as JSON with its request id (service_kit.http.app).
         "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
     },
 }

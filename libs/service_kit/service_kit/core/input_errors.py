@@ -1,4 +1,4 @@
-"""What model code says is wrong with an input, knowing nothing of HTTP: service_kit.errors turns
+"""What model code says is wrong with an input, knowing nothing of HTTP: service_kit.http.errors turns
 each kind into its status, in one place. A module of its own, with no imports, so that a process
 that only prepares inputs (vision-api's decoding child) need not load gRPC or Flask."""
 

@@ -45,13 +45,13 @@ class ServiceSettings:
     retry_after_seconds: int = env("RETRY_AFTER_SECONDS", 1)
     max_body_bytes: int = env("MAX_BODY_BYTES", 1024 * 1024)
     # How long a request may take when it does not say (X-Request-Timeout-Ms); requests that
-    # cannot be answered within their deadline are refused early with 503 (service_kit.batching).
+    # cannot be answered within their deadline are refused early with 503 (service_kit.core.batching).
     # Long by default: callers that want answers within a bound say so. With 1 s, 1,000 closed-loop
     # connections to /lstm were refused en masse: each refusal answered at once was sent again at
     # once, and refusals (a gunicorn request each) took the CPU that answers needed
     # (bench/results/compare-issue15.md: 235,015 503s in 45 s).
     request_timeout_ms: float = env("REQUEST_TIMEOUT_MS", 10_000.0)
-    # How this worker's concurrent requests share Predict calls (service_kit.batching):
+    # How this worker's concurrent requests share Predict calls (service_kit.core.batching):
     # "deadline" (each request's deadline and the model's recent latency decide when a batch
     # leaves), "coalesce" (whatever queued goes at once, no deadline rules), "off" (a call each).
     model_batching: str = env("MODEL_BATCHING", "deadline")

@@ -2,14 +2,14 @@
 encode.
 
 The base owns what every service needs around TF Serving: the micro-batcher (or none, with
-MODEL_BATCHING off) and its metrics, the request's deadline and timings (service_kit.deadlines),
+MODEL_BATCHING off) and its metrics, the request's deadline and timings (service_kit.core.deadlines),
 and the Predict call with the signature, version label, output filter and deadline. A service
 subclasses it with two hooks, `to_inputs` (prepared examples -> the signature's input tensors) and
 `from_outputs` (output tensors -> one result per example); decoding a request into examples and
 encoding results into an answer stay in the service, around `predict`.
 
-Model code says what is wrong with an input by raising an `InputError` (service_kit.input_errors,
-re-exported here); it knows nothing of HTTP. service_kit.errors turns each into its status, in one place.
+Model code says what is wrong with an input by raising an `InputError` (service_kit.core.input_errors,
+re-exported here); it knows nothing of HTTP. service_kit.http.errors turns each into its status, in one place.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from service_kit import deadlines, metrics
-from service_kit.batching import BatcherOverloaded, BatchQueue, MicroBatcher
-from service_kit.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
-from service_kit.settings import ServiceSettings
+from service_kit.core import deadlines, metrics
+from service_kit.core.batching import BatcherOverloaded, BatchQueue, MicroBatcher
+from service_kit.core.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
+from service_kit.core.settings import ServiceSettings
 from tfserving_client import ModelServerClient
 
 __all__ = ["Busy", "InputError", "InputTooLarge", "InvalidInput", "ModelEndpoint", "Prediction", "UnsupportedInput",

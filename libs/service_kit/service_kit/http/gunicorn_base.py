@@ -1,6 +1,6 @@
 """The gunicorn config of every API service, in containers and in local mode alike:
 
-    gunicorn -c python:service_kit.gunicorn_base       (in the service's folder, or /app in its image)
+    gunicorn -c python:service_kit.http.gunicorn_base       (in the service's folder, or /app in its image)
 
 The service is the roster entry in the working directory (service.toml): its package gives the
 app, its preload runs here in the master. Each value can be changed per deployment with the
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-from service_kit.logs import LOGCONFIG
-from service_kit.settings import ServiceSettings
+from service_kit.core.settings import ServiceSettings
+from service_kit.http.logs import LOGCONFIG
 from service_roster import ROSTER_FILE, read_service, run_preload
 
 SERVICE = read_service(Path(ROSTER_FILE).resolve())
@@ -33,7 +33,7 @@ if SERVICE.preload:
 bind = [os.environ.get("API_BIND", "0.0.0.0:8000")]
 # gevent: one worker holds many slow connections while it waits on the model server. The work
 # that is CPU-bound (JSON, jieba, OpenCV) wants about one worker per core.
-worker_class = "service_kit.worker.GrpcGeventWorker"
+worker_class = "service_kit.http.worker.GrpcGeventWorker"
 workers = ServiceSettings.from_env().worker_processes()
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A worker silent for this long is killed and replaced; requests have their own, shorter deadlines.
@@ -58,7 +58,7 @@ limit_request_field_size = 0
 # gunicorn's C parser (gunicorn_h1c, picohttpparser) when installed, as the API images have it;
 # "python" for gunicorn's own.
 http_parser = os.environ.get("GUNICORN_HTTP_PARSER", "auto")
-# Workers build the app themselves, after gevent has patched them (see service_kit.worker).
+# Workers build the app themselves, after gevent has patched them (see service_kit.http.worker).
 preload_app = False
 # Several instances run side by side in local mode; the control socket would be shared.
 control_socket_disable = True
@@ -67,7 +67,7 @@ control_socket_disable = True
 accesslog = None
 errorlog = "-"
 logconfig_dict = LOGCONFIG
-logger_class = "service_kit.gunicorn_base.NoAccessLineLogger"
+logger_class = "service_kit.http.gunicorn_base.NoAccessLineLogger"
 
 
 class NoAccessLineLogger(glogging.Logger):
@@ -76,7 +76,7 @@ class NoAccessLineLogger(glogging.Logger):
 
     def access(self, resp, req, environ, request_time) -> None:
         return None
-# Metrics from all workers of this instance are summed at /metrics (see service_kit.metrics).
+# Metrics from all workers of this instance are summed at /metrics (see service_kit.core.metrics).
 _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="api-metrics-")
@@ -90,7 +90,7 @@ def on_starting(server) -> None:
 
 
 def child_exit(server, worker) -> None:
-    from service_kit.metrics import archive_dead_worker
+    from service_kit.core.metrics import archive_dead_worker
 
     archive_dead_worker(worker.pid)
 

@@ -13,11 +13,11 @@ import uuid
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from service_kit import deadlines, metrics
-from service_kit.errors import DEADLINE_ADVICE, error_body, register_error_handlers
-from service_kit.json_provider import OrjsonProvider
-from service_kit.model_endpoint import ModelEndpoint
-from service_kit.settings import ServiceSettings
+from service_kit.core import deadlines, metrics
+from service_kit.core.model_endpoint import ModelEndpoint
+from service_kit.core.settings import ServiceSettings
+from service_kit.http.errors import DEADLINE_ADVICE, error_body, register_error_handlers
+from service_kit.http.json_provider import OrjsonProvider
 from tfserving_client import ModelServerClient, ModelServerError
 
 access_log = logging.getLogger("service_kit.access")
