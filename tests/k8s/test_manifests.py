@@ -1,6 +1,8 @@
 """k8s/: the base and the GPU overlay build with `kubectl kustomize` (what `kubectl apply -k`
-runs), every object validates against the Kubernetes API schema, and the topology matches compose,
-nginx's routes and the roster (one source of truth)."""
+runs), every object validates against the Kubernetes API schema, and the topology matches compose.
+What the roster determines (each service's kustomization, the Ingresses, the network policy's
+list) is written by `./stack generate` (tests/libs/test_generated_files.py); here it builds, with
+a third service too."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from service_roster.generate import generated_files
 from tests.conftest import API_NAMES, REPO_ROOT, ROSTER, required_in_ci
+from tests.libs.test_generated_files import THIRD, copy_for_generating
 
 K8S = REPO_ROOT / "k8s"
 
@@ -32,9 +36,7 @@ def kustomize(directory: Path) -> list[dict]:
 BASE, GPU = kustomize(K8S / "base"), kustomize(K8S / "overlays" / "gpu")
 INGRESS_NGINX = kustomize(K8S / "ingress-nginx")
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]
-# The API services k8s deploys (each a folder in k8s/base on k8s/base/api-service), all in the roster.
-APIS = sorted(d["metadata"]["name"] for d in BASE if d["kind"] == "Deployment" and d["metadata"]["name"] != "tfserving")
-assert set(APIS) <= set(API_NAMES), APIS
+APIS = API_NAMES
 
 
 def find(documents: list[dict], kind: str, name: str) -> dict:
@@ -97,17 +99,41 @@ def test_api_services_probe_health_scale_and_run_as_compose_does(api):
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_ingress_routes_what_the_roster_routes_with_the_same_body_limits():
-    roster_routes = {route: (service.name, service.body_limit) for service in ROSTER for route in service.routes}
-    routes = {}
-    for ingress in (d for d in BASE if d["kind"] == "Ingress"):
+def api_services(documents: list[dict]) -> list[str]:
+    return sorted(d["metadata"]["name"] for d in documents
+                  if d["kind"] == "Deployment" and d["metadata"]["name"] != "tfserving")
+
+
+def ingress_backends(documents: list[dict]) -> dict[str, str]:
+    """Each Ingress path's backend, checked to be a Service the build makes."""
+    backends = {}
+    for ingress in (d for d in documents if d["kind"] == "Ingress"):
         assert ingress["spec"]["ingressClassName"] == "nginx"
         for path in ingress["spec"]["rules"][0]["http"]["paths"]:
-            backend = path["backend"]["service"]["name"]
-            assert find(BASE, "Service", backend)
-            body_size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
-            routes[path["path"]] = (backend, body_size)
-    assert routes == roster_routes
+            backends[path["path"]] = path["backend"]["service"]["name"]
+            assert find(documents, "Service", backends[path["path"]])
+    return backends
+
+
+def test_the_base_deploys_every_service_and_routes_its_routes_to_it():
+    assert api_services(BASE) == sorted(API_NAMES)
+    assert ingress_backends(BASE) == {route: service.name for service in ROSTER for route in service.routes}
+
+
+def test_a_third_service_as_generated_builds_validates_and_is_routed(tmp_path):
+    repo = copy_for_generating(tmp_path, THIRD)
+    for path, text in generated_files(repo).items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    built = kustomize(repo / "k8s" / "base")
+    for document in built:
+        kubernetes_validate.validate(document, latest_version(), strict=True)
+    assert api_services(built) == sorted([*API_NAMES, THIRD.name])
+    assert {route: backend for route, backend in ingress_backends(built).items() if backend == THIRD.name} \
+        == dict.fromkeys(THIRD.routes, THIRD.name)
+    assert {e["name"]: e["value"] for e in container(built, THIRD.name)["env"]}["MODEL_NAME"] == THIRD.models[0]
+    policy = find(built, "NetworkPolicy", "tfserving")["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert THIRD.name in policy["matchExpressions"][0]["values"]
 
 
 def test_everything_lands_in_the_namespace():
@@ -126,7 +152,7 @@ def test_gpu_overlay_changes_only_tf_serving_as_compose_gpu_does():
 
 
 def test_the_schema_check_catches_a_typo():
-    broken = yaml.safe_load(yaml.safe_dump(find(BASE, "Deployment", "text-api")))
+    broken = yaml.safe_load(yaml.safe_dump(find(BASE, "Deployment", APIS[0])))
     broken["spec"]["replica"] = 2
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, latest_version(), strict=True)

@@ -19,11 +19,12 @@ from tests.conftest import API_NAMES, REPO_ROOT, ROSTER
 TEMPLATE = (REPO_ROOT / nginx_conf.TEMPLATE).read_text()
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# Two loopback instances of every service in the roster, in its order.
+UPSTREAMS = {service.name: [f"127.0.0.1:{18001 + 100 * i + k}" for k in range(2)] for i, service in enumerate(ROSTER)}
 
 
 def render_local(tmp_path: Path) -> Path:
-    upstreams = {"text-api": ["127.0.0.1:18101", "127.0.0.1:18102"], "vision-api": ["127.0.0.1:18201"]}
-    values = nginx_conf.values_for_local(ROSTER, "127.0.0.1:18080", tmp_path, upstreams, REPO_ROOT / nginx_conf.STATIC)
+    values = nginx_conf.values_for_local(ROSTER, "127.0.0.1:18080", tmp_path, UPSTREAMS, REPO_ROOT / nginx_conf.STATIC)
     (tmp_path / "temp").mkdir(exist_ok=True)
     path = tmp_path / "local.conf"
     path.write_text(nginx_conf.render(values, TEMPLATE))
@@ -51,8 +52,9 @@ def test_compose_render_passes_nginx_t_apart_from_what_needs_docker(tmp_path):
     """Debian's nginx 1.22 lacks `server ... resolve` (1.27.3+) and cannot resolve compose's
     service names; with exactly those two things swapped for loopback, the rest must pass."""
     text = render_compose(tmp_path).read_text()
-    assert "server text-api:8000 resolve;" in text and "resolver 127.0.0.11" in text
+    assert "resolver 127.0.0.11" in text
     for name in API_NAMES:
+        assert f"server {name}:8000 resolve;" in text
         text = text.replace(f"server {name}:8000 resolve;", "server 127.0.0.1:8000;")
     text = re.sub(r"^\s*resolver(_timeout)? .*;$", "", text, flags=re.MULTILINE)
     # The image's /tmp becomes tmp_path; nothing is created for nginx (it must create what it needs).
@@ -94,15 +96,15 @@ def directives(config: Path) -> dict[str, list[list[str]]]:
 def test_what_the_system_relies_on_is_configured(tmp_path):
     found = directives(render_local(tmp_path))
     assert ["off"] in found["server_tokens"]
-    assert found["least_conn"] and len(found["least_conn"]) == 2, "both upstreams balance by least connections"
+    assert len(found["least_conn"]) == len(ROSTER), "every upstream balances by least connections"
     assert found["proxy_next_upstream"] == [["error", "timeout"]], "no replay of a POST an instance took"
     assert found["proxy_next_upstream_tries"] == [["2"]]
     assert ["1.1"] in found["proxy_http_version"] and ["Connection", ""] in found["proxy_set_header"]
     assert ["X-Request-ID", "$req_id"] in found["proxy_set_header"]
     assert {a[0] for a in found["client_max_body_size"]} == {service.body_limit for service in ROSTER}
     assert ["on"] in found["proxy_request_buffering"]
-    assert [["127.0.0.1:18101", "max_fails=1", "fail_timeout=2s"], ["127.0.0.1:18102", "max_fails=1",
-            "fail_timeout=2s"], ["127.0.0.1:18201", "max_fails=1", "fail_timeout=2s"]] == found["server"][:3]
+    instances = [[address, "max_fails=1", "fail_timeout=2s"] for group in UPSTREAMS.values() for address in group]
+    assert found["server"][:len(instances)] == instances
 
 
 def test_template_and_values_cannot_drift():
