@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the smoke form: two rates of a few seconds")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--deadline-ms", type=float, default=100.0, help="X-Request-Timeout-Ms of every request")
+    parser.add_argument("--deadline-ms", type=int, default=100, help="X-Request-Timeout-Ms of every request (whole ms)")
     args = parser.parse_args(argv)
     if args.quick:
         args.shares, args.seconds, args.capacity_seconds, args.callers = [0.25, 1.2], 3.0, 3.0, 50

@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("--url", default=DEFAULT_URL, help="the API's base URL (default: %(default)s)")
     root.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
-    root.add_argument("--deadline-ms", type=float, help="how long the service may take (X-Request-Timeout-Ms)")
+    root.add_argument("--deadline-ms", type=int, help="how long the service may take (X-Request-Timeout-Ms)")
     root.add_argument("--timing", action="store_true", help="print where the server spent the time (stderr)")
     commands = root.add_subparsers(dest="command", required=True)
     text = commands.add_parser("lstm", help="sentiment of one or more texts")

@@ -117,7 +117,7 @@ class ModelApiClient:
             timeout = (self.connect_timeout, self.read_timeout)
             if end is not None:
                 left = end - time.monotonic()
-                own_headers["X-Request-Timeout-Ms"] = f"{max(0.001, 1000 * left):.3f}"
+                own_headers["X-Request-Timeout-Ms"] = str(max(1, int(1000 * left)))  # whole ms, at least 1
                 timeout = (min(self.connect_timeout, max(left, _LEAST_ATTEMPT_SECONDS)),
                            min(self.read_timeout, max(left, 0.0) + _ANSWER_GRACE_SECONDS))
             try:

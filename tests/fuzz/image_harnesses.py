@@ -38,7 +38,7 @@ from vision_api.image_decoding import ImageHeader, decode_image, model_example, 
 from vision_api.saliency import MAX_IMAGE_SIDE  # noqa: E402
 from vision_api.settings import VisionApiSettings  # noqa: E402
 
-# The service's limits of SaliencyModel._check_limits, with fewer pixels: the fuzzer looks for
+# The service's limits of SaliencyService._check_limits, with fewer pixels: the fuzzer looks for
 # shapes, not for large images, and each execution must stay within libFuzzer's -timeout.
 FUZZ_MAX_PIXELS = 1_000_000
 MAX_JPEG_SCANS = VisionApiSettings().max_jpeg_scans
@@ -103,7 +103,7 @@ def _decode_growth(data: bytes, header: ImageHeader, budget: int) -> int:
 
 
 def within_limits(header: ImageHeader) -> bool:
-    """SaliencyModel._check_limits, with the fuzzer's pixel limit."""
+    """SaliencyService._check_limits, with the fuzzer's pixel limit."""
     return (header.pixels <= FUZZ_MAX_PIXELS and max(header.width, header.height) <= MAX_IMAGE_SIDE
             and header.scans <= MAX_JPEG_SCANS)
 

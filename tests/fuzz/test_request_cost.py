@@ -88,11 +88,13 @@ class Costs:
 
 @pytest.fixture(scope="module")
 def vision():
-    from vision_api import create_app
+    from service_kit.http.app import service_app
+    from vision_api.saliency import SaliencyService
     from vision_api.settings import VisionApiSettings
 
-    app = create_app(VisionApiSettings(memory_limit_mb=512, web_concurrency=1), client=FakeModelClient(fake_saliency))
-    model = app.extensions["saliency_model"]
+    app = service_app(SaliencyService, VisionApiSettings(memory_limit_mb=512, web_concurrency=1),
+                      client=FakeModelClient(fake_saliency))
+    model = app.extensions["service"]
     model.decoders.wait_ready(30)
     costs = Costs()
     yield app.test_client(), model, costs

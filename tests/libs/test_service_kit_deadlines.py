@@ -16,14 +16,17 @@ SETTINGS = ServiceSettings(model_name="m", request_timeout_ms=1000.0, model_time
 
 
 @pytest.mark.parametrize(("header", "seconds"), [
-    (None, 1.0), ("250", 0.25), ("0.5", 0.0005), ("60000", 10.0),  # clamped to MODEL_TIMEOUT_SECONDS
+    (None, 1.0), ("250", 0.25), (" 1 ", 0.001), ("60000", 10.0),  # clamped to MODEL_TIMEOUT_SECONDS
+    ("9" * 5000, 10.0),  # past int()'s 4,300 digits: still the longest allowed, not a 500
 ])
 def test_the_timeout_is_the_callers_within_bounds_else_the_services(header, seconds):
     assert deadlines.timeout_seconds(header, SETTINGS) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("header", ["soon", "", "-1", "0", "nan", "inf"])
-def test_a_timeout_that_is_not_a_positive_number_is_refused(header):
+# schemathesis, with the document's old `number, exclusiveMinimum 0`: 5e-324 was 503 deadline_unreachable
+# with Retry-After, though no retry could ever meet it.
+@pytest.mark.parametrize("header", ["soon", "", "-1", "0", "000", "nan", "inf", "5e-324", "0.5", "1.0", "+5", "٣"])
+def test_a_timeout_that_is_not_a_whole_positive_number_of_milliseconds_is_refused(header):
     with pytest.raises(deadlines.InvalidTimeout):
         deadlines.timeout_seconds(header, SETTINGS)
 
@@ -63,7 +66,7 @@ class Counting:
 def app_with_a_model_route(batching: str = "deadline"):
     settings = ServiceSettings(model_name="m", model_batching=batching, request_timeout_ms=1000.0)
     app = create_service_app(__name__, settings, client=object())
-    app.extensions["the_model"] = ModelEndpoint(object(), settings)  # its queue is empty: ~5 ms a call
+    app.extensions["service"] = ModelEndpoint(object(), settings)  # its queue is empty: ~5 ms a call
     seen = Counting()
 
     @app.post("/model")
@@ -93,7 +96,7 @@ def test_a_request_that_waited_past_its_deadline_is_refused_before_flask_sees_it
 def test_a_burst_of_slow_requests_does_not_lock_the_worker_out():
     app, seen = app_with_a_model_route()
     client = app.test_client()
-    preparation = app.extensions["the_model"].preparation
+    preparation = app.extensions["service"].preparation
     for _ in range(3):
         preparation.observe(1.0, time.monotonic())  # a burst: preparing took a second
     assert client.post("/model", headers=stamp(0.001)).status_code == 503

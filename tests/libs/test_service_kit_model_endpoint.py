@@ -69,7 +69,7 @@ def test_healthz_answers_503_once_the_workers_batcher_stopped(monkeypatch):
     client = FakeModelClient(lambda inputs: {"y": inputs["x"] * 2})
     settings = ServiceSettings(model_name="doubler", request_timeout_ms=200.0)
     app = create_service_app(__name__, settings, client=client)
-    endpoint = app.extensions["the_model"] = Doubler(client, settings)
+    endpoint = app.extensions["service"] = Doubler(client, settings)
     probe = app.test_client()
     assert probe.get("/healthz").status_code == 200
     assert endpoint.predict([1.0]).results == [2.0]

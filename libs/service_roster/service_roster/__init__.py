@@ -21,7 +21,10 @@ _SIZE = re.compile(r"^(\d+)([km]?)$")
 @dataclasses.dataclass(frozen=True)
 class Service:
     name: str  # the folder, the compose service, the k8s objects, the Prometheus job
-    package: str  # its Python package; `package:create_app()` is the WSGI app
+    package: str  # its Python package
+    # "module:Class": its service_kit.core.service.ModelService (hooks, operations, settings);
+    # gunicorn serves it, the OpenAPI document is written from its operations.
+    service: str
     routes: tuple[str, ...]  # public path prefixes nginx sends to it, with everything below them
     body_limit: str  # largest request body, in nginx's notation ("512k", "20m")
     models: tuple[str, ...]  # in models.config; the service is ready when they are
@@ -67,6 +70,12 @@ def service_of(module_file: str) -> Service:
     """The roster entry of the service a module belongs to: `<service>/<package>/<module>.py` reads
     `<service>/service.toml` (in the repository, and in /app in the service's image alike)."""
     return read_service(Path(module_file).resolve().parents[1] / ROSTER_FILE)
+
+
+def service_class(service: Service) -> type:
+    """The entry's ModelService class (its `service`, "module:Class"), imported."""
+    module, _, name = service.service.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_preload(service: Service) -> None:

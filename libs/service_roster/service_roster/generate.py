@@ -235,6 +235,14 @@ def services_readme(services: list[Service], repo: Path) -> str:
     return before + start + "\n".join(rows) + "\n" + end + rest.partition(end)[2]
 
 
+def openapi_document(services: list[Service], repo: Path) -> str:
+    """What nginx serves at /openapi.json: written from each service's request and reply models
+    (service_kit.http.openapi; it imports the services, so it is imported only here)."""
+    from service_kit.http.openapi import document
+
+    return json.dumps(document(services), indent=2, ensure_ascii=False) + "\n"
+
+
 # The targets: a file the roster determines is one entry here.
 TARGETS: dict[str, Callable[[list[Service], Path], str]] = {
     (K8S_BASE / "kustomization.yaml").as_posix(): k8s_base_kustomization,
@@ -242,6 +250,7 @@ TARGETS: dict[str, Callable[[list[Service], Path], str]] = {
     (K8S_BASE / "networkpolicy.yaml").as_posix(): k8s_network_policy,
     "monitoring/prometheus.yml": prometheus_config,
     SERVICES_README: services_readme,
+    "services/nginx/static/openapi.json": openapi_document,
 }
 PER_SERVICE: dict[str, Callable[[Service, Path], str]] = {
     (K8S_BASE / "{name}" / "kustomization.yaml").as_posix(): k8s_service_kustomization,

@@ -2,61 +2,71 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from model_preprocessing.text import load_dictionary, pad_batch
-from service_kit.core import deadlines
-from service_kit.core.model_endpoint import InputTooLarge, InvalidInput, ModelEndpoint, UnusableInput
+from service_kit.core.model_endpoint import InvalidInput, Prediction, UnusableInput
+from service_kit.core.service import ModelService
+from service_kit.http.contract import QUERY, Operation, Reply
+from text_api.schemas import (
+    LegacyAnswer,
+    LegacyLine,
+    LineQuery,
+    LinesBody,
+    ManyLines,
+    OneLine,
+    Sentiment,
+    SentimentAnswer,
+    SentimentsAnswer,
+)
 from text_api.segmentation import Segmenter
 from text_api.settings import TextApiSettings
 from tfserving_client import ModelServerClient
 
-
-@dataclasses.dataclass(frozen=True)
-class Sentiment:
-    label: str
-    class_id: int
-    probabilities: list[float]  # indexed by class_id
+JSON = "application/json"
+_TEXT_ERRORS = (413, 422)  # too long or too many; no words
+_LEGACY = ("The legacy `/predict` form existing clients call (the source documents' API): its route and reply "
+           "shape; the body is read as JSON whatever its Content-Type says.")
 
 
-@dataclasses.dataclass(frozen=True)
-class SentimentBatch:
-    results: list[Sentiment]
-    model_version: int | None
-
-
-class SentimentModel(ModelEndpoint[list[str], Sentiment]):
+class SentimentService(ModelService[str, list[str], Sentiment]):
     """A text is its words (jieba); a batch is padded (padding never changes an answer)."""
+
+    settings_class = TextApiSettings
+    operations = (
+        Operation("POST", "/lstm", 'The sentiment of one text (`{"line": ...}`) or of several in one model call '
+                  '(`{"lines": [...]}`)', {JSON: LinesBody}, {JSON: SentimentAnswer | SentimentsAnswer}, _TEXT_ERRORS),
+        Operation("GET", "/lstm", "The sentiment of one text, in the URL", {QUERY: LineQuery},
+                  {JSON: SentimentAnswer}, _TEXT_ERRORS),
+        Operation("GET", "/lstm/predict", "The sentiment of one text, in the URL (legacy reply shape)",
+                  {QUERY: LineQuery}, {JSON: LegacyAnswer}, _TEXT_ERRORS, description=_LEGACY),
+        Operation("POST", "/lstm/predict", "The sentiment of one text (legacy reply shape)", {JSON: LegacyLine},
+                  {JSON: LegacyAnswer}, _TEXT_ERRORS, json_whatever_the_content_type=True, description=_LEGACY),
+    )
 
     def __init__(self, client: ModelServerClient, settings: TextApiSettings):
         super().__init__(client, settings)
         load_dictionary()  # a no-op when gunicorn's master preloaded it (service.toml)
         self.segmenter = Segmenter(settings.model_name)
 
-    def check_texts(self, texts: list[str]) -> list[list[str]]:
-        """Segment every text, refusing the request before any model call if one is unusable."""
+    def decode(self, request: OneLine | ManyLines | LineQuery | LegacyLine) -> list[str]:
+        texts = request.lines if isinstance(request, ManyLines) else [request.line]
         for index, text in enumerate(texts):
-            where = _where(index, texts)
-            if len(text) > self.settings.max_text_chars:
-                raise InputTooLarge("text_too_long",
-                                    f"{where} has {len(text)} characters; the limit is {self.settings.max_text_chars}")
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate, not text; the model takes UTF-8
-                raise InvalidInput("invalid_text", f"{where} holds an unpaired surrogate code point") from None
-        sentences = self.segmenter.segment_all(texts, deadlines.current_or_default(self.settings).deadline)
+                raise InvalidInput("invalid_text", f"{_where(index, texts)} holds an unpaired surrogate code point") \
+                    from None
+        return texts
+
+    def prepare(self, texts: list[str], deadline: float) -> list[list[str]]:
+        sentences = self.segmenter.segment_all(texts, deadline)
         for index, words in enumerate(sentences):
             if not words:
                 raise UnusableInput("empty_text", f"{_where(index, texts)} has no words after segmentation")
         return sentences
-
-    def classify(self, texts: list[str]) -> SentimentBatch:
-        self.check_in_time(len(texts))  # before segmenting: refusing costs nothing yet
-        prediction = self.predict(self.check_texts(texts))
-        return SentimentBatch(prediction.results, prediction.model_version)
 
     def to_inputs(self, sentences: list[list[str]]) -> dict[str, np.ndarray]:
         words, nwords = pad_batch(sentences)
@@ -64,9 +74,19 @@ class SentimentModel(ModelEndpoint[list[str], Sentiment]):
 
     def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[Sentiment]:
         labels, class_ids, softmax = (outputs[k] for k in ("labels", "classes_id", "softmax"))
-        return [Sentiment(label.decode("utf-8"), int(class_id), [round(float(p), 6) for p in row])
+        return [Sentiment(label=label.decode("utf-8"), class_id=int(class_id),
+                          probabilities=[round(float(p), 6) for p in row])
                 for label, class_id, row in zip(labels, class_ids, softmax)]
 
+    def encode(self, request: OneLine | ManyLines | LineQuery | LegacyLine, texts: list[str],
+               prediction: Prediction[Sentiment], reply: type) -> Reply:
+        if reply is LegacyAnswer:
+            [result] = prediction.results
+            return LegacyAnswer(classes_id=result.class_id, labels=result.label, softmax=result.probabilities)
+        if isinstance(request, ManyLines):
+            return SentimentsAnswer(results=prediction.results, model_version=prediction.model_version)
+        [result] = prediction.results
+        return SentimentAnswer(**result.model_dump(), model_version=prediction.model_version)
 
 def _where(index: int, texts: list[str]) -> str:
     return f"text {index}" if len(texts) > 1 else "the text"

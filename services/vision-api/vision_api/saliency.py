@@ -1,22 +1,27 @@
-"""Salient-object masks with the `cv_sod` model: decode, prepare, predict, encode a PNG."""
+"""Salient-object masks with the `cv_sod` model: the image's header, its decoding in a child
+process, the model, the mask as a PNG."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE, mask_to_image
-from service_kit.core import deadlines
 from service_kit.core.batching import BatchDeadlineExceeded
 from service_kit.core.memory import ByteBudget
-from service_kit.core.model_endpoint import Busy, InputTooLarge, ModelEndpoint
+from service_kit.core.model_endpoint import Busy, InputTooLarge, Prediction
+from service_kit.core.service import Binary, ModelService
+from service_kit.http.contract import BINARY, QUERY, Operation, Reply
 from tfserving_client import ModelServerClient
 from vision_api.decode_process import CallerGaveUp, DecodePool
 from vision_api.image_decoding import ImageHeader, read_header
+from vision_api.schemas import ImageForm, ImageJson, ImageQuery, LegacyMaskAnswer, MaskAnswer, RawImage
 from vision_api.settings import VisionApiSettings
 
 # One fixed PNG row filter instead of libpng's per-row choice among all five: a 1920x1080 mask
@@ -25,19 +30,38 @@ PNG_FILTER = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB)
 
 
 @dataclasses.dataclass(frozen=True)
-class SaliencyMask:
-    png: bytes  # 8-bit grayscale, the caller's image size, 255 = salient
-    width: int
-    height: int
-    model_version: int | None
+class Image:
+    data: bytes  # the file
+    header: ImageHeader
+    working_bytes: int  # what decoding and answering it hold (reserved from the image share)
 
 
-class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
+JSON, PNG = "application/json", "image/png"
+_BODIES = {"image/*": RawImage, "application/octet-stream": RawImage, "multipart/form-data": ImageForm,
+           JSON: ImageJson}
+_IMAGE_ERRORS = (413, 415, 422)  # too large or costly; not an image; an empty or 0-pixel one
+_LEGACY = ("The legacy `/predict` form existing clients call (the source documents' API). Their reply pickled a "
+           "numpy array, which lets a server run code in its client; here the mask is a PNG in `mask_png`.")
+
+
+class SaliencyService(ModelService[Image, np.ndarray, np.ndarray]):
     """Masks within a memory budget: request bodies and decoded images each have a share of the
     worker's budget (settings.image_memory_budget_bytes), reserved before the memory is used; a
     request waits for its share (then 503), or is refused (413) when it could never have it."""
 
+    settings_class = VisionApiSettings
     output_names = ("img_out",)
+    operations = (
+        Operation("POST", "/cv_sod", "The salient-object mask of an image: a PNG, or JSON with the PNG in base64 "
+                  "when the caller prefers JSON (Accept or ?format=json)", _BODIES,
+                  {PNG: BINARY, JSON: MaskAnswer}, _IMAGE_ERRORS),
+        Operation("GET", "/cv_sod", "The mask of an image sent in the URL", {QUERY: ImageQuery},
+                  {PNG: BINARY, JSON: MaskAnswer}, _IMAGE_ERRORS),
+        Operation("POST", "/cv_sod/predict", "The mask in the legacy reply shape", _BODIES,
+                  {JSON: LegacyMaskAnswer}, _IMAGE_ERRORS, description=_LEGACY),
+        Operation("GET", "/cv_sod/predict", "The mask in the legacy reply shape, of an image sent in the URL",
+                  {QUERY: ImageQuery}, {JSON: LegacyMaskAnswer}, _IMAGE_ERRORS, description=_LEGACY),
+    )
 
     def __init__(self, client: ModelServerClient, settings: VisionApiSettings):
         super().__init__(client, settings)
@@ -48,24 +72,49 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
         self.images = ByteBudget(budget - budget // 4)
         self.decoders = DecodePool(settings.decode_processes, settings.max_image_pixels)
 
-    @contextlib.contextmanager
-    def room_for_body(self, nbytes: int) -> Iterator[None]:
+    def setup(self) -> None:
+        # A worker serves once its decoding children can decode (they import OpenCV: ~0.3 s); a request
+        # that came sooner would wait for them, or be refused as busy when its deadline is short.
+        self.decoders.wait_ready(DECODERS_START_SECONDS)
+
+    def room_for_body(self, nbytes: int, deadline: float) -> contextlib.AbstractContextManager:
         """Hold the memory a request body of this size takes while it is read and parsed; a body
         larger than the whole pool (the largest JSON) takes the pool alone."""
-        with self._reserved(self.bodies, min(nbytes, self.bodies.capacity)):
-            yield
+        return self._reserved(self.bodies, min(nbytes, self.bodies.capacity), deadline - time.monotonic())
 
-    def mask(self, image_bytes: bytes) -> SaliencyMask:
-        header = read_header(image_bytes)
+    def decode(self, request: ImageQuery | ImageJson | ImageForm | RawImage) -> list[Image]:
+        """The image's header, and what it would cost: refused (413) before any decoding when too much."""
+        data = request.data if isinstance(request, RawImage) else request.img
+        header = read_header(data)
         self._check_limits(header)
-        needed = header.working_bytes(MODEL_SIZE) + len(image_bytes)  # decoding reads a copy of the bytes
+        needed = header.working_bytes(MODEL_SIZE) + len(data)  # decoding reads a copy of the bytes
         if needed > self.images.capacity:
             raise InputTooLarge("image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
                                 f"process, more than the {_mb(self.images.capacity)} MB a worker has for images; "
                                 f"at most about {self.max_pixels(header)} pixels of this kind")
-        self.check_in_time()  # before decoding: refusing costs nothing yet
-        with self._reserved(self.images, needed):
-            return self._mask(image_bytes, header, needed)
+        return [Image(data, header, needed)]
+
+    def holding(self, images: list[Image], deadline: float) -> contextlib.AbstractContextManager:
+        return self._reserved(self.images, sum(image.working_bytes for image in images),
+                              deadline - time.monotonic())
+
+    def prepare(self, images: list[Image], deadline: float) -> list[np.ndarray]:
+        return [self._example(image, deadline) for image in images]
+
+    def encode(self, request: object, images: list[Image], prediction: Prediction[np.ndarray],
+               reply: type | None) -> Binary | Reply:
+        [saliency], [image] = prediction.results, images
+        width, height = image.header.display_size
+        mask = mask_to_image(saliency, height, width)
+        ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, self.settings.png_compression, *PNG_FILTER])
+        del mask
+        if not ok:
+            raise RuntimeError("PNG encoding of the mask failed")
+        version = prediction.model_version
+        if reply is BINARY:
+            return Binary(png.tobytes(), {} if version is None else {"X-Model-Version": str(version)})
+        return reply(mask_png=base64.b64encode(png).decode("ascii"), width=width, height=height,
+                     model_version=version)
 
     def _check_limits(self, header: ImageHeader) -> None:
         """What the header alone shows to be too costly, refused before any decoding."""
@@ -86,34 +135,24 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
         return min(self.settings.max_image_pixels, int(self.images.capacity / per_pixel))
 
     @contextlib.contextmanager
-    def _reserved(self, budget: ByteBudget, nbytes: int) -> Iterator[None]:
+    def _reserved(self, budget: ByteBudget, nbytes: int, wait_seconds: float) -> Iterator[None]:
         try:
-            with budget.reserve(nbytes, timeout=max(0.0, deadlines.current_or_default(self.settings).remaining())):
+            with budget.reserve(nbytes, timeout=max(0.0, wait_seconds)):
                 yield
         except TimeoutError:
             raise Busy("too many images in progress; retry shortly") from None
 
-    def _mask(self, image_bytes: bytes, header: ImageHeader, reserved: int) -> SaliencyMask:
-        example = self._example(image_bytes, header, reserved)
-        prediction = self.predict([example])
-        [saliency], version = prediction.results, prediction.model_version
-        width, height = header.display_size
-        mask = mask_to_image(saliency, height, width)
-        ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, self.settings.png_compression, *PNG_FILTER])
-        del mask
-        if not ok:
-            raise RuntimeError("PNG encoding of the mask failed")
-        return SaliencyMask(png.tobytes(), width, height, version)
-
-    def _example(self, image_bytes: bytes, header: ImageHeader, reserved: int) -> np.ndarray:
+    def _example(self, image: Image, deadline: float) -> np.ndarray:
         """The model input, made by a decoding child within the image's memory share and
         DECODE_TIMEOUT_SECONDS; the request waits for it until its deadline (then 504)."""
-        budget = deadlines.current_or_default(self.settings)
-        with self.decoders.process(wait_seconds=budget.remaining()) as decoder:
-            decoder.wait_ready(budget.remaining())
+        def remaining() -> float:
+            return deadline - time.monotonic()
+
+        with self.decoders.process(wait_seconds=remaining()) as decoder:
+            decoder.wait_ready(remaining())
             try:
-                return decoder.prepare(image_bytes, header, reserved, self.settings.decode_timeout_seconds,
-                                       wait_seconds=budget.remaining())
+                return decoder.prepare(image.data, image.header, image.working_bytes,
+                                       self.settings.decode_timeout_seconds, wait_seconds=remaining())
             except CallerGaveUp:
                 raise BatchDeadlineExceeded("the request's deadline passed while its image was decoded") from None
             except TimeoutError:
@@ -127,6 +166,9 @@ class SaliencyModel(ModelEndpoint[np.ndarray, np.ndarray]):
     def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[np.ndarray]:
         return list(outputs["img_out"])
 
+
+# The decoding children's start (create the app waits for it).
+DECODERS_START_SECONDS = 60
 # OpenCV's own limit on a side (CV_IO_MAX_IMAGE_WIDTH and _HEIGHT): past it imread refuses.
 MAX_IMAGE_SIDE = 1 << 20
 

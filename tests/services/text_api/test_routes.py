@@ -7,13 +7,14 @@ import base64
 import grpc
 import pytest
 
-from text_api import create_app
+from service_kit.http.app import service_app
+from text_api.sentiment import SentimentService
 from text_api.settings import TextApiSettings
 
 
 @pytest.fixture
 def client(text_client_fake):
-    app = create_app(TextApiSettings(max_text_chars=50, max_lines=3), client=text_client_fake)
+    app = service_app(SentimentService, TextApiSettings(max_text_chars=50, max_lines=3), client=text_client_fake)
     return app.test_client()
 
 
@@ -33,7 +34,7 @@ def test_one_line(client, text_client_fake):
 
 
 def test_a_configured_version_label_is_asked_for(text_client_fake):
-    app = create_app(TextApiSettings(model_version_label="stable"), client=text_client_fake)
+    app = service_app(SentimentService, TextApiSettings(model_version_label="stable"), client=text_client_fake)
     assert app.test_client().post("/lstm", json={"line": "好"}).status_code == 200
     assert text_client_fake.calls[-1]["version_label"] == "stable"
 
@@ -110,7 +111,7 @@ def test_unknown_route_and_wrong_method(client):
 
 
 def test_body_over_the_limit_is_413():
-    app = create_app(TextApiSettings(max_body_bytes=1000), client=None)
+    app = service_app(SentimentService, TextApiSettings(max_body_bytes=1000), client=None)
     reply = app.test_client().post("/lstm", json={"line": "好" * 2000})
     assert reply.status_code == 413 and reply.json["error"]["code"] == "payload_too_large"
 
@@ -146,7 +147,7 @@ def test_health_readiness_and_metrics(client, text_client_fake):
 
 
 def test_readiness_reports_an_unreachable_model_server(text_client_fake):
-    app = create_app(TextApiSettings(readiness_cache_seconds=0), client=text_client_fake)
+    app = service_app(SentimentService, TextApiSettings(readiness_cache_seconds=0), client=text_client_fake)
     text_client_fake.fail_with = grpc.StatusCode.UNAVAILABLE
     reply = app.test_client().get("/readyz")
     assert reply.status_code == 503 and reply.json["status"] == "not_ready" and reply.headers["Retry-After"]

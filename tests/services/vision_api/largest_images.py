@@ -1,6 +1,6 @@
 """The largest image of each kind vision-api accepts under a memory limit, made in memory.
 
-Sizes come from the service's own rule (SaliencyModel.max_pixels for the budget that limit
+Sizes come from the service's own rule (SaliencyService.max_pixels for the budget that limit
 gives), so a change of rule changes what is tested. Gradients: they compress to little, as the
 bodies must stay under MAX_BODY_BYTES.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from tests.services.vision_api import crafted_images
 from vision_api.image_decoding import read_header
-from vision_api.saliency import SaliencyModel
+from vision_api.saliency import SaliencyService
 from vision_api.settings import VisionApiSettings
 
 
@@ -50,11 +50,11 @@ KINDS = (
 
 def largest_images(memory_limit_mb: int, kinds: tuple[Kind, ...] = KINDS) -> dict[str, bytes]:
     """Kind name -> encoded image of the most pixels a worker with this instance memory accepts."""
-    model = SaliencyModel(client=None, settings=VisionApiSettings(memory_limit_mb=memory_limit_mb, web_concurrency=1))
+    model = SaliencyService(client=None, settings=VisionApiSettings(memory_limit_mb=memory_limit_mb, web_concurrency=1))
     return {kind.name: _largest(kind, model) for kind in kinds}
 
 
-def _largest(kind: Kind, model: SaliencyModel) -> bytes:
+def _largest(kind: Kind, model: SaliencyService) -> bytes:
     width, height = _size(kind, 200_000)  # large enough that a JPEG's block padding does not count much
     sample = _encode(kind, width, height)
     allowed = min(model.max_pixels(read_header(sample)), kind.max_pixels or math.inf)

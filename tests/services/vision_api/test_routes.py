@@ -12,19 +12,21 @@ import grpc
 import numpy as np
 import pytest
 
+import service_kit.http.routes
 from local_stack import compose_file
+from service_kit.http.app import service_app
 from tests.conftest import REPO_ROOT
 from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo, png_claiming
-from vision_api import create_app, routes
 from vision_api.image_decoding import ImageHeader
-from vision_api.saliency import SaliencyModel
+from vision_api.saliency import SaliencyService
 from vision_api.settings import VisionApiSettings
 
 
 @pytest.fixture
 def client(vision_client_fake):
-    return create_app(VisionApiSettings(max_body_bytes=2_000_000), client=vision_client_fake).test_client()
+    app = service_app(SaliencyService, VisionApiSettings(max_body_bytes=2_000_000), client=vision_client_fake)
+    return app.test_client()
 
 
 def read_png(data: bytes) -> np.ndarray:
@@ -116,9 +118,9 @@ def test_model_server_down_is_a_fast_503(client, vision_client_fake):
 
 
 def test_images_past_the_memory_budget_wait_then_get_a_503(vision_client_fake):
-    app = create_app(VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
+    app = service_app(SaliencyService, VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
                      client=vision_client_fake)
-    images = app.extensions["saliency_model"].images
+    images = app.extensions["service"].images
     with images.reserve(images.capacity, timeout=1):  # other requests hold the whole image share
         reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
     assert reply.status_code == 503 and reply.json["error"]["code"] == "busy" and reply.headers["Retry-After"]
@@ -128,10 +130,11 @@ def test_images_past_the_memory_budget_wait_then_get_a_503(vision_client_fake):
 
 
 def test_the_body_share_is_taken_before_the_body_is_read(vision_client_fake, monkeypatch):
-    app = create_app(VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
+    app = service_app(SaliencyService, VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
                      client=vision_client_fake)
-    bodies = app.extensions["saliency_model"].bodies
-    monkeypatch.setattr(routes, "_image_from_request", lambda: pytest.fail("read a body without room for it"))
+    bodies = app.extensions["service"].bodies
+    monkeypatch.setattr(service_kit.http.routes, "read_request",
+                        lambda *args: pytest.fail("read a body without room for it"))
     with bodies.reserve(bodies.capacity, timeout=1):
         reply = app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png")
     assert reply.status_code == 503 and reply.json["error"]["code"] == "busy"
@@ -140,7 +143,7 @@ def test_the_body_share_is_taken_before_the_body_is_read(vision_client_fake, mon
 def test_an_image_larger_than_the_budget_is_refused_before_decoding(vision_client_fake, monkeypatch):
     """A 30 MP 16-bit RGBA PNG needs ~400 MB: more than a 64 MB budget ever has. The answer names
     the limit for that kind of image."""
-    app = create_app(VisionApiSettings(image_memory_budget_mb=64), client=vision_client_fake)
+    app = service_app(SaliencyService, VisionApiSettings(image_memory_budget_mb=64), client=vision_client_fake)
     monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("decoded an image over the budget"))
     claim = bytearray(encode(np.zeros((1, 1, 4), np.uint16)))
     claim[16:24] = (6000).to_bytes(4, "big") + (5000).to_bytes(4, "big")
@@ -154,7 +157,7 @@ def test_an_image_larger_than_the_budget_is_refused_before_decoding(vision_clien
 
 def test_the_readme_states_the_budget_and_limits_compose_gives():
     limit = int(compose_file.load().environments["vision-api"]["MEMORY_LIMIT_MB"])
-    model = SaliencyModel(client=None, settings=VisionApiSettings(memory_limit_mb=limit, web_concurrency=1))
+    model = SaliencyService(client=None, settings=VisionApiSettings(memory_limit_mb=limit, web_concurrency=1))
     readme = (REPO_ROOT / "services" / "README.md").read_text()
     readme = " ".join(readme.split())
     assert f"{model.settings.image_memory_budget_bytes() >> 20} MB of compose's {limit} MB" in readme
@@ -172,7 +175,8 @@ def test_the_readme_states_the_budget_and_limits_compose_gives():
 def compose_sized(vision_client_fake):
     """The app with the memory budget compose's limit gives one worker."""
     limit = int(compose_file.load().environments["vision-api"]["MEMORY_LIMIT_MB"])
-    return create_app(VisionApiSettings(memory_limit_mb=limit, web_concurrency=1), client=vision_client_fake)
+    return service_app(SaliencyService, VisionApiSettings(memory_limit_mb=limit, web_concurrency=1),
+                       client=vision_client_fake)
 
 
 def post_image(app, data: bytes):

@@ -1,6 +1,7 @@
 """Each request's deadline, and where its time went (the `Server-Timing` header).
 
-A caller states how long it will wait with `X-Request-Timeout-Ms` (clamped to MODEL_TIMEOUT_SECONDS);
+A caller states how long it will wait with `X-Request-Timeout-Ms`, a whole number of milliseconds
+(clamped to MODEL_TIMEOUT_SECONDS);
 without it the service's REQUEST_TIMEOUT_MS applies. The clock starts when nginx passed the request
 on (`X-Request-Start: t=<seconds>`, nginx's $msec), so time spent waiting for a busy worker counts.
 The budget of the request being served is in a context variable (one per greenlet under gevent),
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -26,7 +26,7 @@ _current: contextvars.ContextVar[RequestBudget | None] = contextvars.ContextVar(
 
 
 class InvalidTimeout(ValueError):
-    """The timeout header is not a positive number of milliseconds."""
+    """The timeout header is not a whole number of milliseconds, at least 1."""
 
 
 @dataclasses.dataclass
@@ -57,16 +57,23 @@ class RequestBudget:
 
 
 def timeout_seconds(header: str | None, settings: ServiceSettings) -> float:
-    """The request's own timeout, or the service's default; at most MODEL_TIMEOUT_SECONDS."""
+    """The request's own timeout, or the service's default; at most MODEL_TIMEOUT_SECONDS.
+    The header is a whole number of milliseconds, at least 1: a fraction of a millisecond is no
+    deadline any answer could meet, and retrying would never help, so it is refused (400)."""
     if header is None:
         return min(settings.request_timeout_ms / 1000, settings.model_timeout_seconds)
-    try:
-        milliseconds = float(header)
-    except ValueError:
-        raise InvalidTimeout(f"{HEADER} must be a number of milliseconds, not {header[:40]!r}") from None
-    if not math.isfinite(milliseconds) or milliseconds <= 0:
-        raise InvalidTimeout(f"{HEADER} must be a positive number of milliseconds")
-    return min(milliseconds / 1000, settings.model_timeout_seconds)
+    text = header.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidTimeout(f"{HEADER} must be a whole number of milliseconds, not {header[:40]!r}")
+    if len(text) > _MOST_DIGITS:  # longer than any timeout: the longest allowed (and int() stays cheap)
+        return settings.model_timeout_seconds
+    if int(text) < 1:
+        raise InvalidTimeout(f"{HEADER} must be at least 1 (milliseconds)")
+    return min(int(text) / 1000, settings.model_timeout_seconds)
+
+
+# Digits past which a timeout is longer than any MODEL_TIMEOUT_SECONDS (10^12 ms: 31 years).
+_MOST_DIGITS = 12
 
 
 def waited_before(start_header: str | None) -> float:

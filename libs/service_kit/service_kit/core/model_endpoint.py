@@ -88,12 +88,12 @@ class ModelEndpoint(Generic[Example, Output]):
     def _probing(self, now: float) -> bool:
         return self._last_let_in is not None and now - self._last_let_in > PROBE_SECONDS
 
-    def check_in_time(self, count: int = 1) -> None:
+    def check_in_time(self, count: int, deadline: float) -> None:
         """Refuse now (BatcherOverloaded), before costly preparation (segmenting, decoding), a
         request the model's queue could not answer before its deadline (`predict` checks again)."""
         if self.batcher is not None and self.settings.model_batching == "deadline" \
                 and not self._probing(time.monotonic()):
-            self.batcher.check_in_time(count, deadlines.current_or_default(self.settings).deadline)
+            self.batcher.check_in_time(count, deadline)
 
     def _deadline(self, budget: deadlines.RequestBudget) -> float:
         """The request's deadline; the older modes keep their fixed one (the model timeout, and a second)."""

@@ -1,4 +1,5 @@
-"""The Flask app every service starts from: request ids, JSON logs, metrics, health, errors."""
+"""The Flask app every service runs in: its operations (service_kit.http.routes), request ids, JSON
+logs, metrics, health, errors."""
 
 from __future__ import annotations
 
@@ -10,23 +11,44 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from service_kit.core import deadlines, metrics
 from service_kit.core.model_endpoint import ModelEndpoint
+from service_kit.core.service import ModelService
 from service_kit.core.settings import ServiceSettings
 from service_kit.http.errors import DEADLINE_ADVICE, error_body, register_error_handlers
 from service_kit.http.json_provider import OrjsonProvider
+from service_kit.http.routes import register_operations
+from service_roster import ROSTER_FILE, read_service, service_class
 from tfserving_client import ModelServerClient, ModelServerError
 
 access_log = logging.getLogger("service_kit.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def service_app(service_class: type[ModelService], settings: ServiceSettings | None = None,
+                client: ModelServerClient | None = None) -> Flask:
+    """The app of one service: its class of hooks, with its settings (default: from the
+    environment) and a model server client (default: a real one, to TFSERVING_GRPC_ADDRESS)."""
+    settings = settings or service_class.settings_class.from_env()
+    app = create_service_app(service_class.__module__, settings, client)
+    service = app.extensions["service"] = service_class(app.extensions["model_client"], settings)
+    service.setup()
+    register_operations(app, service)
+    return app
+
+
+def roster_app() -> Flask:
+    """gunicorn's app: the service its roster entry (./service.toml) names."""
+    return service_app(service_class(read_service(Path(ROSTER_FILE).resolve())))
+
+
 def create_service_app(import_name: str, settings: ServiceSettings,
                        client: ModelServerClient | None = None) -> Flask:
-    """A Flask app with the shared routes; the service registers its own blueprint on it."""
+    """A Flask app with the shared routes and none of a service's (service_app adds them)."""
     app = Flask(import_name)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = OrjsonProvider(app)  # Chinese labels and messages stay readable; keys keep their order
@@ -70,7 +92,8 @@ class RefuseLateArrivals:
     def __call__(self, environ, start_response):
         waited = deadlines.waited_before(environ.get("HTTP_X_REQUEST_START"))
         endpoint = self.endpoint()
-        if waited and endpoint is not None and environ.get("PATH_INFO") not in _ALWAYS_ANSWERED:
+        if waited and endpoint is not None and environ.get("PATH_INFO") not in _ALWAYS_ANSWERED \
+                and environ.get("REQUEST_METHOD") in _MODEL_METHODS:
             try:
                 timeout = deadlines.timeout_seconds(environ.get("HTTP_X_REQUEST_TIMEOUT_MS"), self.settings)
             except deadlines.InvalidTimeout:
@@ -95,6 +118,8 @@ class RefuseLateArrivals:
 
 # Answered whatever the load: probes and scrapes must see an overloaded instance as alive.
 _ALWAYS_ANSWERED = frozenset({"/healthz", "/readyz", "/metrics"})
+# The methods a model route answers; any other is Flask's to refuse (405), whatever the load.
+_MODEL_METHODS = frozenset({"GET", "POST"})
 # http_requests_total's route label for requests refused before routing.
 _REFUSED_ROUTE = "<refused on arrival>"
 # The method label's values: a caller's made-up method is `other`, or each would add metric
@@ -107,8 +132,8 @@ def method_label(method: str) -> str:
 
 
 def model_endpoint(app: Flask) -> ModelEndpoint | None:
-    """The service's ModelEndpoint, wherever in app.extensions the service keeps it."""
-    return next((v for v in app.extensions.values() if isinstance(v, ModelEndpoint)), None)
+    """The app's service (service_app puts it in app.extensions["service"])."""
+    return app.extensions.get("service")
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -196,6 +221,8 @@ def _register_request_bookkeeping(app: Flask) -> None:
     def start() -> None:
         g.started = time.perf_counter()
         g.request_id = _request_id(request.headers.get("X-Request-ID", ""))
+        if request.routing_exception is not None:  # 404 or 405 whatever the request's deadline says
+            return
         sock = request.environ.get("gunicorn.socket")
         g.budget_token = deadlines.begin(request.headers.get(deadlines.HEADER), current_app.extensions["settings"],
                                          request.headers.get(deadlines.START_HEADER),

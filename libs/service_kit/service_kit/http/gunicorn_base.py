@@ -22,7 +22,7 @@ from service_kit.http.logs import LOGCONFIG
 from service_roster import ROSTER_FILE, read_service, run_preload
 
 SERVICE = read_service(Path(ROSTER_FILE).resolve())
-wsgi_app = f"{SERVICE.package}:create_app()"
+wsgi_app = "service_kit.http.app:roster_app()"
 if SERVICE.preload:
     # Once, in the master: every worker shares those pages after fork instead of building its own
     # copy (jieba's dictionary is ~70 MB of Python objects); freezing keeps the garbage collector
