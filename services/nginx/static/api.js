@@ -12,6 +12,7 @@ function schemaText(schema) {
   if (!schema) return "";
   if (schema.$ref) return schema.$ref.split("/").pop();
   if (schema.oneOf) return schema.oneOf.map(schemaText).join(" | ");
+  if (schema.anyOf) return schema.anyOf.map(schemaText).join(" | ");
   if (schema.allOf) return schema.allOf.map(schemaText).join(" & ");
   if (schema.type === "array") return `array of ${schemaText(schema.items)}`;
   if (schema.type === "object" && schema.properties) {
@@ -20,7 +21,8 @@ function schemaText(schema) {
       ([name, field]) => `${name}${required.has(name) ? "" : "?"}: ${schemaText(field)}`);
     return `{ ${fields.join(", ")} }`;
   }
-  return schema.enum ? `${schema.type} (${schema.enum.join(", ")})` : (schema.format ? `${schema.type} (${schema.format})` : schema.type);
+  const type = Array.isArray(schema.type) ? schema.type.join(" | ") : schema.type;  // OpenAPI 3.1: ["string", "null"]
+  return schema.enum ? `${type} (${schema.enum.join(", ")})` : (schema.format ? `${type} (${schema.format})` : type);
 }
 
 function operationBlock(path, method, operation) {
@@ -35,7 +37,7 @@ function operationBlock(path, method, operation) {
     table.append(tr);
   };
   for (const parameter of operation.parameters || []) {
-    row(`?${parameter.name}`, `${parameter.required ? "required" : "optional"} — ${parameter.description || schemaText(parameter.schema)}`);
+    row(parameter.in === "header" ? `header ${parameter.name}` : `?${parameter.name}`, `${parameter.required ? "required" : "optional"} — ${parameter.description || schemaText(parameter.schema)}`);
   }
   if (operation.requestBody) {
     for (const [type, content] of Object.entries(operation.requestBody.content)) {
