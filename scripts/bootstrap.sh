@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtualenv and system packages. Idempotent and quiet when
-# nothing changed: the venv is rebuilt only when a requirements file changes.
+# nothing changed: third-party packages are reinstalled only when what the requirement files ask
+# for changes, this tree's own projects only when one of them (or the tree's place) changes.
 #   scripts/bootstrap.sh              what the stack needs (./stack up)
 #   scripts/bootstrap.sh --for-tests  and what the test suite needs besides (./stack test)
 set -euo pipefail
@@ -8,16 +9,22 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-stamp="$VENV/.requirements.sha256"
-# The repository's own projects: libraries, client, services, model server, and the tools at the root.
-projects=$(dirname libs/*/pyproject.toml client/pyproject.toml services/*/pyproject.toml tfserving/pyproject.toml \
-  pyproject.toml)
+mode=${1:-}
+# The repository's own projects: libraries, client, model server, and the tools at the root. The API
+# services are not among them: a service is its roster entry's folder (below).
+projects=$(dirname libs/*/pyproject.toml client/pyproject.toml tfserving/pyproject.toml pyproject.toml)
 # requirements/perf-analyzer.txt is left out: it is installed apart, with a stamp of its own (below).
 venv_requirements=()
 for file in requirements/*.txt; do [ "$file" = requirements/perf-analyzer.txt ] || venv_requirements+=("$file"); done
+# Third-party packages: the requirement lines as a set, so a new service whose requirements.txt says only
+# `-r ../api-requirements.txt` (a file counted here already) asks for nothing new.
+requirements_stamp="$VENV/.requirements.sha256"
+requirements_want=$(cat "${venv_requirements[@]}" services/*requirements.txt services/*/requirements.txt \
+  | sed -E 's/(^|[[:space:]])#.*//; s/[[:space:]]+$//; /^$/d; /^-r /d' | sort -u | sha256sum | cut -d' ' -f1)
+# This tree's projects: editable installs record the tree's absolute place.
+projects_stamp="$VENV/.projects.sha256"
 # shellcheck disable=SC2086 # one word per project
-want=$( (cat "${venv_requirements[@]}" services/*requirements.txt services/*/requirements.txt; for p in $projects; do cat "$p/pyproject.toml"; done) \
-  | sha256sum | cut -d' ' -f1)
+projects_want=$( (echo "$PWD"; for p in $projects; do echo "$p"; cat "$p/pyproject.toml"; done) | sha256sum | cut -d' ' -f1)
 
 # Debian packages compose v2 (the Go plugin, `docker compose`) and a kubectl with kustomize v5 from
 # trixie on; their binaries need only libc >= 2.34, so they install on bookworm too. The suite is
@@ -45,7 +52,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # A compiler and Python's headers: gunicorn_h1c (gunicorn's C HTTP parser) comes as source only.
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || missing+=(python3-dev)
-if [ "${1:-}" = --for-tests ]; then
+if [ "$mode" = --for-tests ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   [ -d /usr/share/fonts/truetype/wqy ] || missing+=(fonts-wqy-microhei)  # Chinese text in screenshots
@@ -77,19 +84,42 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python packages, after the Debian ones: gunicorn's C parser (gunicorn_h1c) is built from source.
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_want" ]; then
   echo "bootstrap: installing Python packages into $VENV (first run: about 2 minutes)"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  # Every service's runtime packages with the tools: one resolution, so their pins must agree.
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # Every service's runtime packages with the tools: one resolution, so their pins must agree; and the
+  # projects' build backend (setuptools 70.1 on builds wheels without the `wheel` package).
   service_requirements=()
   for file in services/*/requirements.txt; do service_requirements+=(-r "$file"); done
-  "$VENV/bin/pip" install --quiet -r requirements/dev.txt "${service_requirements[@]}"
-  "$VENV/bin/pip" install --quiet --no-deps -r requirements/model-server-no-deps.txt
-  # The repository's own projects, editable so that the tree is what runs (no PYTHONPATH anywhere).
+  "$VENV/bin/python" -m pip install --quiet -r requirements/dev.txt "${service_requirements[@]}" "setuptools>=70.1"
+  "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements/model-server-no-deps.txt
+  echo "$requirements_want" > "$requirements_stamp"
+fi
+# The projects, editable so that the tree is what runs (no PYTHONPATH anywhere), and every roster service
+# (services/<name>/service.toml): its folder goes on the venv's path through one .pth file, rewritten on
+# every run, so a service added by the README's steps is importable with no packaging of its own (gunicorn
+# imports it from its folder the same way, and its image from /app). Editable installs of this tree that
+# are no longer projects (the services were, once) are removed. One pip call, built without an isolated
+# environment per project (setuptools is in the venv, above): 5 s instead of 30.
+site_packages=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+for file in services/*/service.toml; do
+  [ ! -f "$file" ] || echo "$PWD/${file%/service.toml}"
+done > "$site_packages/model-serving-services.pth.new"
+mv "$site_packages/model-serving-services.pth.new" "$site_packages/model-serving-services.pth"
+if [ "$(cat "$projects_stamp" 2>/dev/null)" != "$projects_want" ]; then
+  echo "bootstrap: installing this tree's projects into $VENV"
   # shellcheck disable=SC2086
-  for project in $projects; do "$VENV/bin/pip" install --quiet --no-deps -e "$project"; done
-  echo "$want" > "$stamp"
+  stale=$("$VENV/bin/python" -m pip list --editable --path "$site_packages" --format json | "$VENV/bin/python" -c '
+import json, os, sys
+root, projects = os.getcwd(), {os.path.abspath(p) for p in sys.argv[1:]}
+print(*(d["name"] for d in json.load(sys.stdin) if d["editable_project_location"] not in projects
+        and os.path.commonpath([root, d["editable_project_location"]]) == root))' $projects)
+  # shellcheck disable=SC2086
+  [ -z "$stale" ] || "$VENV/bin/python" -m pip uninstall --quiet --yes $stale
+  # shellcheck disable=SC2046,SC2086
+  "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation $(printf -- '-e %s ' $projects)
+  echo "$projects_want" > "$projects_stamp"
 fi
 
 # Triton's perf_analyzer for bench/perf_analyzer.py and its test: the binary shipped in the tritonclient
@@ -99,10 +129,10 @@ fi
 # $VENV/bin/perf_analyzer runs it with LD_LIBRARY_PATH set. Reinstalled only when its pins change.
 perf_analyzer_dir="$VENV/perf_analyzer"
 perf_analyzer_want=$(sha256sum requirements/perf-analyzer.txt | cut -d' ' -f1)
-if [ "${1:-}" = --for-tests ] && [ "$(cat "$perf_analyzer_dir/.requirements.sha256" 2>/dev/null)" != "$perf_analyzer_want" ]; then
+if [ "$mode" = --for-tests ] && [ "$(cat "$perf_analyzer_dir/.requirements.sha256" 2>/dev/null)" != "$perf_analyzer_want" ]; then
   echo "bootstrap: installing perf_analyzer into $perf_analyzer_dir"
   rm -rf "$perf_analyzer_dir"
-  "$VENV/bin/pip" install --quiet --no-deps --target "$perf_analyzer_dir" -r requirements/perf-analyzer.txt
+  "$VENV/bin/python" -m pip install --quiet --no-deps --target "$perf_analyzer_dir" -r requirements/perf-analyzer.txt
   printf '%s\n' '#!/bin/sh' '# Written by scripts/bootstrap.sh: Triton'"'"'s perf_analyzer with the libcudart.so.12 it links.' \
     'dir=$(dirname "$(readlink -f "$0")")/../perf_analyzer' \
     'LD_LIBRARY_PATH="$dir/nvidia/cuda_runtime/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$dir/bin/perf_analyzer" "$@"' \
@@ -113,7 +143,7 @@ fi
 
 # `kubectl kustomize` with kustomize v5 builds k8s/ in its tests: Debian's kubectl, from trixie (bookworm's
 # kubernetes-client 1.20 has kustomize v2). On its own, and not fatal: a kubectl from elsewhere may be in the way.
-if [ "${1:-}" = --for-tests ] && ! kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' \
+if [ "$mode" = --for-tests ] && ! kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' \
     && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "bootstrap: installing kubectl (Debian $NEWER_SUITE)"
   if [ -f /etc/apt/sources.list.d/compose-v2.sources ]; then apt-get update -qq >/dev/null; else add_newer_suite; fi
