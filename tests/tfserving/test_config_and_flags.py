@@ -10,13 +10,13 @@ import pytest
 from model_server.config import BatchingParameters, read_batching_parameters, read_model_server_config
 from model_server.main import build_parser
 from model_server.monitoring import read_monitoring_config
-from tests.conftest import MODEL_REPOSITORY, REPO_ROOT
+from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, ROSTER
 
 
-def test_committed_models_config_lists_both_models_at_container_paths():
+def test_committed_models_config_lists_every_roster_model_at_container_paths():
     config = read_model_server_config(MODEL_REPOSITORY / "models.config")
     models = {m.name: m for m in config.model_config_list.config}
-    assert set(models) == {"lstm", "cv_sod"}
+    assert set(models) == {model for service in ROSTER for model in service.models}
     for name, model in models.items():
         assert model.base_path == f"/models/{name}"
         assert model.model_platform == "tensorflow"
