@@ -28,9 +28,12 @@ def register_operations(app: Flask, service: ModelService) -> None:
 
 
 def _view(service: ModelService, operation: Operation):
+    # Sizing the body reads three headers: only for a service that holds something while it reads.
+    sized = type(service).room_for_body is not ModelService.room_for_body
+
     def view() -> Response:
         deadline = service.deadline()
-        with service.room_for_body(body_bytes_needed(request), deadline):
+        with service.room_for_body(body_bytes_needed(request) if sized else 0, deadline):
             validated = read_request(operation, request, service.settings)
             media_type = negotiate(operation, request)
             return as_response(service.handle(validated, operation.replies[media_type], deadline), media_type)
@@ -90,7 +93,9 @@ def negotiate(operation: Operation, incoming: Request) -> str:
     """The reply's media type: `?format=<subtype>` if the operation has it, else the caller's
     Accept among the operation's replies, the first on a tie."""
     offered = list(operation.replies)
-    wanted = incoming.args.get("format") if len(offered) > 1 else None
+    if len(offered) == 1:
+        return offered[0]
+    wanted = incoming.args.get("format")
     if wanted is not None:
         for media_type in offered:
             if media_type.split("/")[1] == wanted:
