@@ -1,7 +1,8 @@
 """The HTTP ceiling: text-api's whole HTTP path (nginx, gunicorn with the same config, Flask with
 service_kit's request ids, metrics and logs, the contract: the body parsed and validated by its
-request model, the reply made by its reply model) answering a constant instead of segmenting and
-asking the model. Benchmark use only.
+request model, the hooks, the reply made by its reply model) answering a constant instead of
+segmenting and asking the model. Without a batcher (MODEL_BATCHING=off): there is no model queue
+to admit requests to, as the ceiling had none before the contract. Benchmark use only.
 
     cd services/text-api && gunicorn -c python:service_kit.http.gunicorn_base 'bench.constant_app:create_app()'
 """
@@ -29,4 +30,4 @@ class ConstantSentiment(SentimentService):
 
 
 def create_app() -> Flask:
-    return service_app(ConstantSentiment)
+    return service_app(ConstantSentiment, ConstantSentiment.settings_class.from_env(model_batching="off"))
