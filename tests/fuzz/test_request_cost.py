@@ -294,10 +294,11 @@ def texts(draw) -> tuple[str, bytes]:
 
 @pytest.fixture(scope="module")
 def text():
-    from text_api import create_app
+    from service_kit.http.app import service_app
+    from text_api.sentiment import SentimentService
     from text_api.settings import TextApiSettings
 
-    app = create_app(TextApiSettings(web_concurrency=1), client=FakeModelClient(fake_sentiment))
+    app = service_app(SentimentService, TextApiSettings(web_concurrency=1), client=FakeModelClient(fake_sentiment))
     client = app.test_client()
     assert client.post("/lstm", json={"line": "好"}).status_code == 200  # jieba's dictionary loaded
     costs = Costs()
