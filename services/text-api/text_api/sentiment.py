@@ -85,10 +85,10 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
             return LegacyAnswer(classes_id=result.class_id, labels=result.label, softmax=result.probabilities)
         if isinstance(request, ManyLines):
             return SentimentsAnswer(results=prediction.results, model_version=prediction.model_version)
-        [result] = prediction.results  # made by from_outputs, validated there: constructed, not validated again
-        return SentimentAnswer.model_construct(label=result.label, class_id=result.class_id,
-                                               probabilities=result.probabilities,
-                                               model_version=prediction.model_version)
+        [result] = prediction.results
+        return SentimentAnswer(label=result.label, class_id=result.class_id, probabilities=result.probabilities,
+                               model_version=prediction.model_version)
+
 
 def _where(index: int, texts: list[str]) -> str:
     return f"text {index}" if len(texts) > 1 else "the text"

@@ -63,9 +63,31 @@ def read_request(operation: Operation, incoming: Request, settings: Any) -> Any:
         if source is None:
             raise ApiError(415, "unsupported_media_type",
                            f"send the body as {' or '.join(m for m in operation.request if m != QUERY)}")
+        if source == JSON:
+            return _read_json(operation, incoming, settings)
         data = _body_fields(operation, source, incoming)
     try:
         return operation.adapter(source).validate_python(data, context={"settings": settings})
+    except ValidationError as error:
+        raise refusal(error) from None
+
+
+def _read_json(operation: Operation, incoming: Request, settings: Any) -> Any:
+    """A JSON object parsed and validated in one pass by pydantic's own parser (a third of the
+    cost of parsing it to a dict first). What that parser refuses and JSON allows (an escaped
+    lone surrogate: its own error code downstream) and what is not an object (invalid_json's
+    messages) go the slow way, through the same dict route as before."""
+    adapter = operation.adapter(JSON)
+    context = {"settings": settings}
+    body = incoming.get_data()
+    if body.lstrip()[:1] == b"{":
+        try:
+            return adapter.validate_json(body, context=context)
+        except ValidationError as error:
+            if error.errors(include_url=False)[0]["type"] != "json_invalid":
+                raise refusal(error) from None
+    try:
+        return adapter.validate_python(json_body(incoming, any_content_type=True), context=context)
     except ValidationError as error:
         raise refusal(error) from None
 
@@ -84,8 +106,6 @@ def _body_fields(operation: Operation, source: str, incoming: Request) -> Any:
     if is_raw(source):  # the model's one field
         [field] = operation.request[source].model_fields
         return {field: incoming.get_data()}
-    if source == JSON:
-        return json_body(incoming, any_content_type=True)
     return {**incoming.form.to_dict(), **{name: upload.read() for name, upload in incoming.files.items()}}
 
 
