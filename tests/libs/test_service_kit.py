@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
@@ -18,14 +19,18 @@ import time
 import pytest
 from flask import Flask, request
 from prometheus_client import REGISTRY
+from pydantic import TypeAdapter, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service_kit.core import metrics
 from service_kit.core.batching import BatchDeadlineExceeded, BatcherOverloaded
 from service_kit.core.settings import ServiceSettings
 from service_kit.http.app import client_gone, create_service_app
+from service_kit.http.contract import Base64Bytes
 from service_kit.http.errors import ApiError
-from service_kit.http.inputs import decode_base64, json_body, wants_json
+from service_kit.http.inputs import json_object, request_body
 from service_kit.http.logs import JsonFormatter
+from service_kit.http.routes import refusal
 from tests.conftest import REPO_ROOT
 from text_api.settings import TextApiSettings
 from vision_api.settings import VisionApiSettings
@@ -54,36 +59,41 @@ def test_every_service_shares_the_base_variable_names():
 def test_base64_standard_or_urlsafe_with_or_without_padding(encode):
     raw = bytes(range(256))
     text = encode(raw).decode()
-    assert decode_base64(text, "x") == raw
-    assert decode_base64(text.rstrip("="), "x") == raw
+    assert TypeAdapter(Base64Bytes).validate_python(text) == raw
+    assert TypeAdapter(Base64Bytes).validate_python(text.rstrip("=")) == raw
 
 
 def test_bad_base64_is_a_400():
-    with pytest.raises(ApiError) as caught:
-        decode_base64("ab$cd", "img")
-    assert caught.value.status == 400 and caught.value.code == "invalid_base64"
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(Base64Bytes).validate_python("ab$cd")
+    assert refusal(caught.value).status == 400 and refusal(caught.value).code == "invalid_base64"
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"line": ' + b"[" * 50_000, b"\xff\xfe", b"[1]"])
 def test_json_that_is_too_deep_broken_or_not_an_object_is_a_400(body):
-    app = Flask(__name__)
-    with app.test_request_context("/lstm", method="POST", data=body, content_type="application/json"):
+    with Flask(__name__).app_context():
         with pytest.raises(ApiError) as caught:
-            json_body(request)
+            json_object(body)
     assert caught.value.status == 400 and caught.value.code == "invalid_json"
 
 
-@pytest.mark.parametrize(("accept", "query", "expected"), [
-    ("", "", False),
-    ("*/*", "", False),
-    ("application/json", "", True),
-    ("image/png, application/json;q=0.5", "", False),
-    ("image/png", "?format=json", True),
-])
-def test_content_negotiation(accept, query, expected):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_is_read_whole_declared_or_chunked(chunked):
+    body = b'{"line": "' + "好".encode() * 1000 + b'"}'
     app = Flask(__name__)
-    with app.test_request_context("/cv_sod" + query, headers={"Accept": accept} if accept else {}):
-        assert wants_json(request) is expected
+    headers = {"Transfer-Encoding": "chunked"} if chunked else {}
+    environ = {"wsgi.input_terminated": True} if chunked else {}
+    with app.test_request_context("/lstm", method="POST", input_stream=io.BytesIO(body), headers=headers,
+                                  content_length=None if chunked else len(body), environ_overrides=environ):
+        assert request_body(request) == body
+
+
+def test_a_body_declared_past_the_limit_is_a_413_before_it_is_read():
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 10
+    with app.test_request_context("/lstm", method="POST", data=b"x" * 11):
+        with pytest.raises(RequestEntityTooLarge):
+            request_body(request)
 
 
 def test_log_lines_are_json_with_extra_fields():

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from service_kit.core.service import Binary, ModelService
 from service_kit.http.contract import QUERY, Operation, is_raw
 from service_kit.http.errors import ApiError
-from service_kit.http.inputs import json_body
+from service_kit.http.inputs import json_object, request_body
 
 JSON = "application/json"
 # What holding a JSON body costs, in multiples of its size: the bytes, the text, the parsed value
@@ -32,10 +32,11 @@ def _view(service: ModelService, operation: Operation):
     sized = type(service).room_for_body is not ModelService.room_for_body
 
     def view() -> Response:
+        incoming = request._get_current_object()  # a proxy looks the context up at every use
         deadline = service.deadline()
-        with service.room_for_body(body_bytes_needed(request) if sized else 0, deadline):
-            validated = read_request(operation, request, service.settings)
-            media_type = negotiate(operation, request)
+        with service.room_for_body(body_bytes_needed(incoming) if sized else 0, deadline):
+            validated = read_request(operation, incoming, service.settings)
+            media_type = negotiate(operation, incoming)
             return as_response(service.handle(validated, operation.replies[media_type], deadline), media_type)
 
     view.__name__ = operation.operation_id
@@ -79,7 +80,7 @@ def _read_json(operation: Operation, incoming: Request, settings: Any) -> Any:
     messages) go the slow way, through the same dict route as before."""
     adapter = operation.adapter(JSON)
     context = {"settings": settings}
-    body = incoming.get_data()
+    body = request_body(incoming)
     if body.lstrip()[:1] == b"{":
         try:
             return adapter.validate_json(body, context=context)
@@ -87,7 +88,7 @@ def _read_json(operation: Operation, incoming: Request, settings: Any) -> Any:
             if error.errors(include_url=False)[0]["type"] != "json_invalid":
                 raise refusal(error) from None
     try:
-        return adapter.validate_python(json_body(incoming, any_content_type=True), context=context)
+        return adapter.validate_python(json_object(body), context=context)
     except ValidationError as error:
         raise refusal(error) from None
 
