@@ -1,9 +1,13 @@
 """Two checkouts of this repository side by side in one run: the tuned /lstm and /cv_sod cells of
-each, alternated (A B A B ...) so that drift in the machine's speed falls on both alike. For a
-change that must not cost throughput (a refactor): before and after, same run.
+each, alternated cell by cell (A B, then B A in the next round) with both checkouts' stacks up at
+once, so that drift in the machine's speed falls on both alike. For a change that must not cost
+throughput (a refactor): before and after, same run. Besides requests a second, each cell gives
+the CPU the answering service's processes (its gunicorn instances and their workers) spent per
+request: on a shared machine whose speed drifts by 15% between identical cells, the steadier figure.
 
     .venv/bin/python -m bench.compare BEFORE_CHECKOUT AFTER_CHECKOUT [--rounds 2] [--out FILE.md]
     .venv/bin/python -m bench.compare BEFORE AFTER --http-ceiling   # and each one's HTTP ceiling
+    .venv/bin/python -m bench.compare BEFORE AFTER --ceiling-only --rounds 8
 
 Each checkout runs its own local stack (`python -m local_stack up` with its own .venv: run its
 scripts/bootstrap.sh first) on a free port, exactly as `./stack up` starts it. `--http-ceiling`
@@ -23,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from bench.run import IMAGES_DIR, Cell, run_wrk, say
 from local_stack.topology import free_port
 
@@ -31,7 +37,7 @@ CELLS = (("/lstm", "lstm_post.lua", 100), ("/lstm", "lstm_post.lua", 1000), ("/c
 
 
 @contextlib.contextmanager
-def checkout_stack(checkout: Path, work: Path) -> Iterator[str]:
+def checkout_stack(checkout: Path, work: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     run_dir = work / f"run-{port}"
     log = work / f"stack-{port}.log"
@@ -46,7 +52,7 @@ def checkout_stack(checkout: Path, work: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{checkout}: the stack did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         subprocess.run([python, "-m", "local_stack", "--run-dir", str(run_dir), "down"], cwd=checkout,
                        capture_output=True, timeout=120)
@@ -68,7 +74,7 @@ CEILING_ROUTE = "/lstm (HTTP ceiling)"
 
 
 @contextlib.contextmanager
-def checkout_ceiling_stack(checkout: Path, work: Path) -> Iterator[str]:
+def checkout_ceiling_stack(checkout: Path, work: Path) -> Iterator[tuple[str, int]]:
     run_dir = work / f"ceiling-{free_port()}"
     process = subprocess.Popen([str(checkout / ".venv" / "bin" / "python"), "-c", CEILING_STACK, str(run_dir)],
                                cwd=checkout, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -76,7 +82,7 @@ def checkout_ceiling_stack(checkout: Path, work: Path) -> Iterator[str]:
     try:
         for line in process.stdout:
             if line.startswith("url "):
-                yield line.split()[1]
+                yield line.split()[1], process.pid
                 break
         else:
             raise RuntimeError(f"{checkout}: the HTTP-ceiling stack did not start")
@@ -85,26 +91,44 @@ def checkout_ceiling_stack(checkout: Path, work: Path) -> Iterator[str]:
         process.wait(120)
 
 
-def measure(checkout: Path, label: str, seconds: int, work: Path, http_ceiling: bool) -> list[Cell]:
+def service_processes(root: int, service: str) -> list[int]:
+    """The gunicorn masters of a service's instances in the stack under `root` (cpu_seconds counts
+    their workers with them)."""
+    found = []
+    for process in psutil.Process(root).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command_line = " ".join(process.cmdline())
+            if "gunicorn" in command_line and f"services/{service}" in command_line \
+                    and "gunicorn" not in " ".join(process.parent().cmdline()):
+                found.append(process.pid)
+    return found
+
+
+SERVICE_OF_ROUTE = {"/lstm": "text-api", "/cv_sod": "vision-api"}
+
+
+def alternate(stacks: dict[str, tuple[str, int]], cells: tuple, rounds: int, seconds: int) -> list[Cell]:
+    """Each cell on each checkout's stack in turn, the order swapped every round."""
     images = {"IMAGES": ",".join(str(p) for p in sorted(IMAGES_DIR.iterdir()))}
-    cells = []
-    with checkout_stack(checkout, work) as url:
-        for route, script, connections in CELLS:
-            cells.append(run_wrk(Cell(label, route, connections, seconds), url + route, script, [], images))
-    if http_ceiling:
-        route, script, connections = CEILING_CELL
-        with checkout_ceiling_stack(checkout, work) as url:
-            cell = run_wrk(Cell(label, route, connections, seconds), url + route, script, [])
-            cell.route = CEILING_ROUTE
-            cells.append(cell)
-    return cells
+    measured = []
+    for round_number in range(rounds):
+        labels = list(stacks) if round_number % 2 == 0 else list(reversed(stacks))
+        for route, script, connections in cells:
+            for label in labels:
+                url, root = stacks[label]
+                say(f"round {round_number + 1}: {label} {route} c={connections}")
+                measured.append(run_wrk(Cell(label, route, connections, seconds), url + route, script,
+                                        service_processes(root, SERVICE_OF_ROUTE[route]), images))
+    return measured
 
 
 def report(cells: list[Cell], before: Path, after: Path, command: str) -> str:
     lines = ["# Before and after, side by side", "", f"Command: `{command}`. Before: `{before}`, after: `{after}`; "
-             "rounds alternate the two checkouts; each cell is the median of its rounds.", "",
-             "| route | connections | before req/s | after req/s | after / before | before p99 ms | after p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "both checkouts' stacks up at once, cells alternated (the order swapped each round); each cell is the "
+             "median of its rounds; CPU: the answering service's gunicorn processes, per request answered.", "",
+             "| route | connections | before req/s | after req/s | after / before | before p99 ms | after p99 ms "
+             "| before CPU ms/request | after CPU ms/request | after / before CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for route, _, connections in (*CELLS, (CEILING_ROUTE, "", CEILING_CELL[2])):
         picked = {label: [c for c in cells if (c.variant, c.route, c.connections) == (label, route, connections)]
                   for label in ("before", "after")}
@@ -112,9 +136,11 @@ def report(cells: list[Cell], before: Path, after: Path, command: str) -> str:
             continue
         rps = {label: statistics.median(c.rps for c in found) for label, found in picked.items()}
         p99 = {label: statistics.median(c.p99_ms for c in found) for label, found in picked.items()}
+        cpu = {label: statistics.median(c.cpu_ms_per_request for c in found) for label, found in picked.items()}
         failed = sum(c.failed for found in picked.values() for c in found)
         lines.append(f"| `{route}` | {connections} | {rps['before']:.1f} | {rps['after']:.1f} | "
-                     f"{rps['after'] / rps['before']:.2f}x | {p99['before']:.0f} | {p99['after']:.0f} |"
+                     f"{rps['after'] / rps['before']:.2f}x | {p99['before']:.0f} | {p99['after']:.0f} | "
+                     f"{cpu['before']:.3f} | {cpu['after']:.3f} | {cpu['after'] / cpu['before']:.2f}x |"
                      + (f" {failed} failed" if failed else ""))
     return "\n".join(lines) + "\n"
 
@@ -127,13 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the table here as well")
     parser.add_argument("--http-ceiling", action="store_true", help="and each checkout's HTTP ceiling")
+    parser.add_argument("--ceiling-only", action="store_true", help="only the HTTP ceiling (more rounds in the time)")
     args = parser.parse_args(argv)
     cells: list[Cell] = []
+    checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as work:
-        for round_number in range(args.rounds):
-            for label, checkout in (("before", args.before), ("after", args.after)):
-                say(f"round {round_number + 1}: {label} ({checkout})")
-                cells += measure(checkout.resolve(), label, args.seconds, Path(work), args.http_ceiling)
+        if not args.ceiling_only:
+            with contextlib.ExitStack() as running:
+                stacks = {label: running.enter_context(checkout_stack(checkout, Path(work)))
+                          for label, checkout in checkouts.items()}
+                cells += alternate(stacks, CELLS, args.rounds, args.seconds)
+        if args.http_ceiling or args.ceiling_only:
+            with contextlib.ExitStack() as running:
+                stacks = {label: running.enter_context(checkout_ceiling_stack(checkout, Path(work)))
+                          for label, checkout in checkouts.items()}
+                for cell in alternate(stacks, (CEILING_CELL,), args.rounds, args.seconds):
+                    cell.route = CEILING_ROUTE
+                    cells.append(cell)
     command = " ".join([".venv/bin/python -m bench.compare", *(argv if argv is not None else sys.argv[1:])])
     table = report(cells, args.before, args.after, command)
     print(table)
