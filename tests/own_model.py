@@ -163,8 +163,8 @@ def lend_commands(venv: Path) -> None:
     anything else (binaries, perf_analyzer's wrapper) linked."""
     for command in (Path(sys.prefix) / "bin").iterdir():
         lent = venv / "bin" / command.name
-        if lent.exists() or lent.is_symlink():
-            continue
+        if lent.exists() or lent.is_symlink() or not command.is_file():
+            continue  # a folder there (a __pycache__ Python left beside a script it imported) is no command
         with command.open("rb") as file:
             shebang = file.readline(256)
             interpreter = Path(shebang.removeprefix(b"#!").decode(errors="replace").strip())
