@@ -45,6 +45,7 @@ def copy_for_generating(target: Path, *extra: Service) -> Path:
         (target / service.parent.relative_to(REPO_ROOT)).mkdir(parents=True)
         shutil.copy(service, target / service.relative_to(REPO_ROOT))
     shutil.copy(REPO_ROOT / generate.SERVICES_README, target / generate.SERVICES_README)
+    shutil.copy(REPO_ROOT / "compose.yaml", target / "compose.yaml")
     shutil.copytree(REPO_ROOT / "k8s", target / "k8s")
     for service in extra:
         add_service(target, service)
