@@ -61,6 +61,10 @@ if [ "$mode" = --for-tests ]; then
   command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+  # The live swarm tier (tests/swarm): the registry its hosts pull from, and skopeo to push there
+  # from this machine's engine whatever registries that engine trusts.
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+  command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
   # Triton's perf_analyzer (below) links libb64.so.0d.
   /sbin/ldconfig -p 2>/dev/null | grep 'libb64\.so\.0d ' >/dev/null || missing+=(libb64-0d)
 fi

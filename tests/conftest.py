@@ -229,7 +229,7 @@ def docker_host(compose_cli, tmp_path_factory):
 
 # What each fault cost, a table per mode (the folder the test lives in), printed at the end of the run.
 FAULT_TABLES: dict[str, list[dict[str, str]]] = {}
-FAULT_TABLE_TITLES = {"faults": "local mode", "compose": "docker compose"}
+FAULT_TABLE_TITLES = {"faults": "local mode", "compose": "docker compose", "swarm": "docker swarm, 3 hosts"}
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 MODEL_SERVER_OVERRIDE = REPO_ROOT / "compose.model-server.yaml"
 GPU_OVERRIDE = REPO_ROOT / "compose.gpu.yaml"
 PROJECT_PREFIX = "msv-test"  # every project this module makes starts with it
+_BUILT: dict[Path, dict[str, str]] = {}  # repository -> the image ids its last build in this process made
 
 
 class DockerUnavailable(RuntimeError):
@@ -154,10 +155,14 @@ class ComposeProject:
         return sizes
 
     def build(self) -> None:
-        """`docker compose build`; the builds it supersedes are removed (they would pile up)."""
-        before = {image: _image_id(image) for image in self.built_images()}
+        """`docker compose build`, once a test run per repository (the tiers share the images); the
+        builds it supersedes are removed (they would pile up)."""
+        built = {image: _image_id(image) for image in self.built_images()}
+        if _BUILT.get(self.repo) == built and all(built.values()):
+            return
         self.run("build", timeout=1800)
-        stale = [old for image, old in before.items() if old and old != _image_id(image)]
+        _BUILT[self.repo] = {image: _image_id(image) for image in built}
+        stale = [old for image, old in built.items() if old and old != _BUILT[self.repo][image]]
         if stale:
             subprocess.run(["docker", "image", "rm", *stale], capture_output=True)
 
