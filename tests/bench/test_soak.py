@@ -1,4 +1,4 @@
-"""The soak command in its short form, with gunicorn recycling workers every 2,000 requests: the
+"""The soak command in its short form, with gunicorn recycling workers every 1,000 requests: the
 stack keeps answering, and what recycling used to pile up (metric files, /metrics time, open
 files) stays where it was."""
 
@@ -15,8 +15,8 @@ from tests.conftest import REPO_ROOT
 
 @pytest.mark.slow
 def test_a_short_soak_with_recycling_loses_nothing_and_piles_nothing_up(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "2", "--minute-seconds", "30",
-                             "--max-requests", "2000", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "2", "--minute-seconds", "15",
+                             "--max-requests", "1000", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     minutes = json.loads((tmp_path / "soak.json").read_text())["minutes"]
