@@ -38,7 +38,7 @@ HEADER = """\
 # What differs from compose.yaml, and why:
 # - Images come from $REGISTRY (push what `docker compose build` made); swarm does not build.
 # - endpoint_mode dnsrr: a service's name resolves to its tasks' addresses, as in compose. nginx
-#   balances over the tasks itself (least_conn, re-resolving every 5 s); a virtual IP would hide
+#   balances over the tasks itself (least_conn, re-resolving every second); a virtual IP would hide
 #   them behind one address balanced per connection by the kernel's IPVS (which some kernels lack).
 # - Rolling updates start the new task, wait until it is healthy, then stop the old one
 #   (order: start-first), one at a time; a task that fails in its first 30 s rolls the service back.
