@@ -173,7 +173,7 @@ def test_scaling_to_six_under_load_needs_no_reload_and_back_to_two_loses_nothing
         started = time.monotonic()
         compose.run("up", "--detach", "--wait", "--no-recreate", "--scale", "text-api=2")
         shrunk = time.monotonic() - started
-        time.sleep(6)  # past nginx's DNS validity (5 s): requests now go to the two that remain
+        time.sleep(3)  # past nginx's DNS validity (1 s): requests now go to the two that remain
     record_fault(fault_table, "scale text-api 6 -> 2 under load", load, f"4 replicas drained and removed in "
                  f"{shrunk:.1f} s")
     assert len(text_api_replicas(compose)) == 2

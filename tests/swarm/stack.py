@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import requests
 import yaml
 
@@ -29,6 +31,7 @@ STACK = "model-serving"
 HTTP_PORT = 8080
 MODEL_SERVER = "tfserving"
 _UPSTREAM = re.compile(r'"upstream":"([^"]*)"')  # "10.0.1.5:8000, 10.0.1.6:8000" when retried
+SMALL_PNG = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))[1].tobytes()
 _ADDRESS = re.compile(r"(\d+\.\d+\.\d+\.\d+):\d+")
 
 
@@ -91,7 +94,11 @@ class SwarmStack:
         self.lab.manager.docker("stack", "deploy", "--resolve-image", "never", "-c", str(self.stack_file), STACK,
                                 env=self.environment(), timeout=300)
         self.wait_converged(300)
-        self.timings["docker stack deploy, until every task is healthy"] = time.monotonic() - started
+        # nginx started before the API tasks existed and re-resolves their names every second.
+        for host in self.lab.hosts:
+            wait_until(lambda h=host: self.answers(h), 30, f"both APIs through {host.name}'s nginx", interval=0.5)
+        self.timings["docker stack deploy, until every task is healthy and every nginx answers"] = \
+            time.monotonic() - started
 
     def service(self, name: str) -> str:
         return f"{STACK}_{name}"
@@ -162,8 +169,19 @@ class SwarmStack:
                                       timeout=60).stdout
         return [address for field in _UPSTREAM.findall(out) for address in _ADDRESS.findall(field)]
 
+    def nginx_account(self, request_id: str, since: float) -> str:
+        """What nginx's access line says of one request: which tasks it tried, what each gave."""
+        out = self.lab.manager.docker("service", "logs", "--raw", "--since", f"{since:.3f}", self.service("nginx"),
+                                      timeout=60).stdout
+        line = next((json.loads(line) for line in out.splitlines() if f'"request_id":"{request_id}"' in line), None)
+        return f"upstream {line['upstream']} answered {line['upstream_status']}" if line else "no access line"
+
     def answers(self, host: Host) -> bool:
-        return requests.post(f"{self.url(host)}/lstm", json={"line": "好"}, timeout=5).status_code == 200
+        """Both APIs answer through the host's nginx."""
+        text = requests.post(f"{self.url(host)}/lstm", json={"line": "好"}, timeout=5)
+        image = requests.post(f"{self.url(host)}/cv_sod", data=SMALL_PNG, headers={"Content-Type": "image/png"},
+                              timeout=10)
+        return text.status_code == image.status_code == 200
 
     def remove(self) -> float:
         """`docker stack rm`, until no container or network of the stack is left on any host."""

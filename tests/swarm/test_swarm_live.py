@@ -10,6 +10,7 @@ mode and compose.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from tests.swarm.stack import SwarmStack
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
+REQUEST_ID = re.compile(r'"request_id":"([^"]+)"')
 SLOW_SECONDS = 1.0  # an answer slower than this was held up by the fault (a steady one takes ~10 ms)
 
 
@@ -43,7 +45,19 @@ def requests_reach_every_task(stack: SwarmStack, service: str, since: float, tim
                              f"{sorted(t['address'] for t in stack.running(service))}") from None
 
 
-def check_no_failures(load: HttpLoad) -> None:
+def losses(stack: SwarmStack, load: HttpLoad, since: float) -> str:
+    """For the fault table: nginx's own account of each request lost (request id -> upstreams tried)."""
+    accounts = [stack.nginx_account(REQUEST_ID.search(o.error).group(1), since) if REQUEST_ID.search(o.error)
+                else f"{o.status} {o.error[:60]}" for o in load.failed()]
+    return f"; lost: {'; '.join(accounts)}" if accounts else ""
+
+
+def check_nothing_lost(load: HttpLoad) -> None:
+    """Tasks stopped under load (scaled in, replaced, drained) cost nothing: swarm takes a task out
+    of DNS 2 s before its SIGTERM and nginx re-resolves every second, so no request reaches a
+    gunicorn that is shutting down. With nginx's earlier 5 s, 2 of 4 runs of this tier lost 1-2
+    POSTs of ~2,300 in the rolling update (a 502: a request nginx had sent to the stopping task on
+    a kept-alive connection, which it does not replay; the table's "lost:" said so)."""
     assert not load.failed(), load.failed()[:5]
 
 
@@ -76,36 +90,38 @@ def test_nginx_balances_over_every_task(swarm):
 
 def test_scaling_text_api_to_6_and_back_loses_nothing(swarm, fault_table):
     service = swarm.service("text-api")
+    since = time.time()
     with HttpLoad(swarm.url()) as load:
         time.sleep(2)
         started = time.monotonic()
         swarm.lab.manager.docker("service", "scale", "--detach", f"{service}=6")
         up = swarm.wait_converged()
-        since = time.time()
-        requests_reach_every_task(swarm, "text-api", since)
+        requests_reach_every_task(swarm, "text-api", time.time())
         spread = len(set(nodes_of(swarm, "text-api")))
         swarm.lab.manager.docker("service", "scale", "--detach", f"{service}=2")
         down = swarm.wait_converged()
-        time.sleep(6)  # nginx re-resolves every 5 s: past the last removed address
+        time.sleep(3)  # nginx re-resolves every second: past the last removed address
     record_fault(fault_table, "docker service scale text-api=6, then back to 2", load,
                  f"6 healthy in {up:.0f} s, over {spread} hosts, each sent requests; back to 2 in {down:.0f} s; "
-                 f"scaled in {time.monotonic() - started:.0f} s")
-    check_no_failures(load)
+                 f"scaled in {time.monotonic() - started:.0f} s{losses(swarm, load, since)}")
+    check_nothing_lost(load)
 
 
 def test_a_rolling_update_to_a_new_image_tag_loses_nothing(swarm, fault_table):
     image = swarm.publish_new_tag("text-api", "2")
+    since = time.time()
     with HttpLoad(swarm.url()) as load:
         time.sleep(2)
         started = time.monotonic()
         swarm.lab.manager.docker("service", "update", "--detach", "--image", image, swarm.service("text-api"))
         wait_until(lambda: swarm.rolled_out("text-api", image), 240, "the rolling update", interval=1)
         took = time.monotonic() - started
-        time.sleep(6)
+        time.sleep(3)
     assert swarm.update_state("text-api") in ("updating", "completed"), "not rolled back"
     record_fault(fault_table, "rolling update of text-api to a new image tag (start-first)", load,
-                 f"both replicas replaced in {took:.0f} s, each new task healthy before its old one stopped")
-    check_no_failures(load)
+                 f"both replicas replaced in {took:.0f} s, each new task healthy before its old one stopped"
+                 f"{losses(swarm, load, since)}")
+    check_nothing_lost(load)
 
 
 def test_a_worker_host_lost(swarm, fault_table):
@@ -143,6 +159,7 @@ def test_a_worker_host_lost(swarm, fault_table):
 def test_a_drained_host_loses_nothing(swarm, fault_table):
     drained = next(host for host in swarm.lab.workers if host.name in nodes_of(swarm, "text-api"))
     others = {host.name for host in swarm.lab.hosts} - {drained.name}
+    since = time.time()
     with HttpLoad(swarm.url()) as load:
         time.sleep(2)
         started = time.monotonic()
@@ -150,11 +167,11 @@ def test_a_drained_host_loses_nothing(swarm, fault_table):
         wait_until(lambda: all(set(nodes_of(swarm, s)) <= others for s in ("text-api", "vision-api"))
                    and swarm.converged(), 180, f"every task off {drained.name}", interval=1)
         took = time.monotonic() - started
-        time.sleep(6)
+        time.sleep(3)
     swarm.lab.manager.docker("node", "update", "--availability", "active", drained.name)
     record_fault(fault_table, "a worker host drained (docker node update --availability drain)", load,
-                 f"its tasks healthy on the other hosts after {took:.0f} s")
-    check_no_failures(load)
+                 f"its tasks healthy on the other hosts after {took:.0f} s{losses(swarm, load, since)}")
+    check_nothing_lost(load)
 
 
 def test_stack_rm_leaves_no_container_or_network(swarm):
