@@ -41,14 +41,13 @@ def browser():
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """A picture like the ones cv_sod learned from (one distinct object), 320x320 PNG."""
+    """A real photo with one object (from cv_sod's evaluation set), as PNG."""
     import cv2
 
-    from training.cv_sod_data import make_example
+    from training.cv_sod_data import REAL_PHOTOS_DIR
 
-    image, _ = make_example(seed=10)
     path = tmp_path_factory.mktemp("demo") / "scene.png"
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.imread(str(REAL_PHOTOS_DIR / "coffee.jpg")))
     return path
 
 
@@ -101,7 +100,10 @@ def test_the_demo_page_classifies_text_and_masks_an_image(stack, browser, scene,
         "const m = document.getElementById('image-mask'), o = document.getElementById('image-original'),"
         " c = document.getElementById('image-overlay');"
         "return [m.naturalWidth, m.naturalHeight, o.naturalWidth, c.width, c.height];")
-    assert sizes == [320, 320, 320, 320, 320]
+    import cv2
+
+    height, width = cv2.imread(str(scene)).shape[:2]
+    assert sizes == [width, height, width, width, height], "mask, photo and overlay at the photo's size"
     salient_share = browser.execute_script(
         "const m = document.getElementById('image-mask'), c = document.createElement('canvas');"
         "c.width = m.naturalWidth; c.height = m.naturalHeight; const x = c.getContext('2d'); x.drawImage(m, 0, 0);"
