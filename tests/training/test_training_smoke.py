@@ -21,7 +21,7 @@ def run_module(*args: str) -> None:
 
 def test_lstm_training_smoke(tmp_path):
     export = tmp_path / "lstm" / "1"
-    run_module("training.lstm_sentiment", f"--export-dir={export}", "--limit=600", "--epochs=1")
+    run_module("training.lstm_sentiment", f"--export-dir={export}", "--limit=600", "--epochs=1", "--bag-epochs=1")
     assert (export / "saved_model.pb").exists()
     assert (export / "assets" / "vocab.words.txt").exists()
     assert (export / "assets.extra" / "tf_serving_warmup_requests").exists()
