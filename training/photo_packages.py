@@ -48,8 +48,11 @@ def ensure_packages() -> Path:
         if marker.exists() and marker.read_text() == version:
             continue
         with tempfile.TemporaryDirectory() as download:
-            subprocess.run(["apt-get", "download", "-q", f"{name}={version}"], cwd=download, check=True,
-                           stdout=subprocess.DEVNULL)
+            fetch = ["apt-get", "download", "-q", f"{name}={version}"]
+            if subprocess.run(fetch, cwd=download, stdout=subprocess.DEVNULL).returncode != 0:
+                # A machine whose package lists are older than the pinned version: refresh once.
+                subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(fetch, cwd=download, check=True, stdout=subprocess.DEVNULL)
             (deb,) = Path(download).glob("*.deb")
             (root / name).mkdir(parents=True, exist_ok=True)
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root / name)], check=True)
