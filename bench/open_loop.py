@@ -1,6 +1,6 @@
 """Open-loop load on /lstm: requests at constant rates, sent on schedule whatever the answers do.
 
-    .venv/bin/python -m bench.open_loop                  # 3 batchers x 6 rates x 20 s (~10 minutes)
+    .venv/bin/python -m bench.open_loop                  # 4 variants x 7 rates x 15 s (~9 minutes)
     .venv/bin/python -m bench.open_loop --quick --out D  # the suite's smoke form
 
 Closed-loop cells (wrk) send the next request only when an answer came, so a slow server is
@@ -37,7 +37,10 @@ from local_stack import topology
 
 K6_SCRIPT = REPO_ROOT / "bench" / "k6" / "lstm.js"
 FAILURE_KINDS = ("no_answer", "502", "504", "other")  # bench/k6/lstm.js's counters
-VARIANTS = {"no batching": "off", "coalescing": "coalesce", "deadline-aware": "deadline"}
+# Each variant: MODEL_BATCHING, and whether nginx bounds the requests in flight per instance
+# (service_roster's max_in_flight; "unbounded": every request queues in a worker, as before issue 25).
+VARIANTS = {"no batching": ("off", True), "coalescing": ("coalesce", True),
+            "deadline-aware, unbounded": ("deadline", False), "deadline-aware": ("deadline", True)}
 
 
 @dataclasses.dataclass
@@ -52,6 +55,7 @@ class OpenLoopCell:
     failures: dict[str, int] = dataclasses.field(default_factory=dict)  # by kind, when there are any
     unsent: int = 0  # k6 had no free caller at the request's time
     admitted_rps: float = 0.0
+    in_deadline_rps: float = 0.0  # answers that came within their deadline (goodput)
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     p999_ms: float = 0.0
@@ -109,7 +113,9 @@ def open_loop_cell(url: str, variant: str, share: float, rate: float, seconds: f
                         shed_p99_ms=_trend(metrics, "shed_ms", "p(99)"))
     cell.failed = sum(cell.failures.values())
     cell.admitted_rps = cell.admitted / seconds
-    say(f"{variant:<15} {share:>4.0%} {rate:7.0f}/s offered: {cell.admitted_rps:7.0f}/s admitted  "
+    cell.in_deadline_rps = _count(metrics, "in_deadline") / seconds
+    say(f"{variant:<15} {share:>4.0%} {rate:7.0f}/s offered: {cell.admitted_rps:7.0f}/s admitted "
+        f"({cell.in_deadline_rps:.0f} in deadline)  "
         f"p50 {cell.p50_ms:6.1f}  p99 {cell.p99_ms:7.1f}  p99.9 {cell.p999_ms:7.1f} ms  "
         f"shed {cell.shed} (p99 {cell.shed_p99_ms:.1f} ms)"
         f"  failed {cell.failed} {cell.failures or ''} unsent {cell.unsent}")
@@ -125,9 +131,11 @@ def run(args: argparse.Namespace) -> tuple[float, list[OpenLoopCell]]:
     try:
         with contextlib.ExitStack() as stacks:
             urls = {}
-            for variant, mode in VARIANTS.items():
-                say(f"{variant}: this stack with MODEL_BATCHING={mode}")
-                url, _, _ = stacks.enter_context(stack(work / mode, topology.free_port(), env={"MODEL_BATCHING": mode}))
+            for variant, (mode, bounded) in VARIANTS.items():
+                say(f"{variant}: this stack with MODEL_BATCHING={mode}, nginx {'bounded' if bounded else 'unbounded'}")
+                url, _, _ = stacks.enter_context(stack(work / variant.replace(" ", "").replace(",", "-"),
+                                                       topology.free_port(), env={"MODEL_BATCHING": mode},
+                                                       unbounded=not bounded))
                 urls[variant] = url + "/lstm"
             measured = capacity(urls["deadline-aware"], args.capacity_seconds, args.callers)
             for share in args.shares:
@@ -139,6 +147,10 @@ def run(args: argparse.Namespace) -> tuple[float, list[OpenLoopCell]]:
     return measured, cells
 
 
+def _at(cells: list[OpenLoopCell], share: float, variant: str) -> OpenLoopCell:
+    return next(c for c in cells if c.share == share and c.variant == variant)
+
+
 def report(measured: float, cells: list[OpenLoopCell], args: argparse.Namespace, command: str) -> str:
     lines = [
         "# Open-loop load on /lstm: three batchers side by side",
@@ -148,25 +160,34 @@ def report(measured: float, cells: list[OpenLoopCell], args: argparse.Namespace,
         f"rate by rate; every request says `X-Request-Timeout-Ms: {args.deadline_ms:g}`.",
         f"Command: `{command}`",
         "",
-        "Latencies are of admitted (200) requests as the client saw them; shed = 503 refused in time "
-        "(with its p99); failed = anything else; unsent = starts k6 dropped for want of a free caller "
-        "(the server held them all).",
+        "Latencies are of admitted (200) requests as the client saw them; in deadline = answers that came "
+        "within the request's deadline, per second and as a share of capacity (goodput); shed = 503 "
+        "refused in time, by nginx or a worker (with its p99); failed = anything else; unsent = starts k6 "
+        "dropped for want of a free caller (the server held them all). All but `deadline-aware, unbounded` "
+        "have nginx bound each instance's requests that state a deadline (`max_in_flight`, services/*/service.toml).",
         "",
-        "| batcher | load | offered/s | admitted/s | p50 ms | p99 ms | p99.9 ms | shed | shed p99 ms | failed "
-        "| unsent |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batcher | load | offered/s | admitted/s | in deadline/s | of capacity | p50 ms | p99 ms | p99.9 ms | shed "
+        "| shed p99 ms | failed | unsent |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
-        lines.append(f"| {c.variant} | {c.share:.0%} | {c.offered_rps:.0f} | {c.admitted_rps:.0f} | {c.p50_ms:.1f} "
+        lines.append(f"| {c.variant} | {c.share:.0%} | {c.offered_rps:.0f} | {c.admitted_rps:.0f} "
+                     f"| {c.in_deadline_rps:.0f} | {c.in_deadline_rps / measured:.0%} | {c.p50_ms:.1f} "
                      f"| {c.p99_ms:.1f} | {c.p999_ms:.1f} | {c.shed} | {c.shed_p99_ms:.1f} | {c.failed}"
                      f"{' ' + str(c.failures) if c.failures else ''} | {c.unsent} |")
     lines += ["", "## Deadline-aware against coalescing (same run)", ""]
     for share in args.shares:
-        ours = next(c for c in cells if c.share == share and c.variant == "deadline-aware")
-        theirs = next(c for c in cells if c.share == share and c.variant == "coalescing")
+        ours, theirs = _at(cells, share, "deadline-aware"), _at(cells, share, "coalescing")
         lines.append(f"- {share:.0%}: p99 {ours.p99_ms:.1f} vs {theirs.p99_ms:.1f} ms "
                      f"({ours.p99_ms / theirs.p99_ms:.2f}x), admitted {ours.admitted_rps:.0f} vs "
                      f"{theirs.admitted_rps:.0f}/s" if theirs.p99_ms else f"- {share:.0%}: no coalescing answers")
+    lines += ["", "## nginx's bound against none (deadline-aware, same run)", ""]
+    for share in args.shares:
+        bounded, unbounded = _at(cells, share, "deadline-aware"), _at(cells, share, "deadline-aware, unbounded")
+        lines.append(f"- {share:.0%}: in deadline {bounded.in_deadline_rps:.0f} vs {unbounded.in_deadline_rps:.0f}/s "
+                     f"({bounded.in_deadline_rps / measured:.0%} vs {unbounded.in_deadline_rps / measured:.0%} of "
+                     f"capacity), shed p99 {bounded.shed_p99_ms:.1f} vs {unbounded.shed_p99_ms:.1f} ms, "
+                     f"504s {bounded.failures.get('504', 0)} vs {unbounded.failures.get('504', 0)}")
     lines += ["", "![p99 against offered load](open_loop_lstm.png)"]
     return "\n".join(lines) + "\n"
 
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.shares, args.seconds, args.capacity_seconds, args.callers = [0.25, 1.2], 3.0, 3.0, 50
     else:
-        args.shares, args.seconds = [0.25, 0.5, 0.75, 0.9, 1.0, 1.2], 20.0
+        args.shares, args.seconds = [0.25, 0.5, 0.75, 0.9, 1.0, 1.2, 2.0], 15.0
         args.capacity_seconds, args.callers = 15.0, 100
     started = time.monotonic()
     measured, cells = run(args)

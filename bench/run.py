@@ -132,7 +132,7 @@ def run_wrk(cell: Cell, url: str, script: str, pids: list[int], env: dict[str, s
 
 @contextlib.contextmanager
 def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env: dict[str, str] | None = None,
-          text_app: str | None = None, model_server_flags: list[str] | None = None
+          text_app: str | None = None, model_server_flags: list[str] | None = None, unbounded: bool = False
           ) -> Iterator[tuple[str, list[int], list[SupervisedProcess]]]:
     """The local stack (model server, API services, nginx); yields nginx's URL, the pids to meter
     and the processes."""
@@ -143,7 +143,7 @@ def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env:
                                scale={**replicas,
                                       **({"text-api": text_instances} if text_instances else {})},
                                env_overrides=overrides, app_overrides={"text-api": text_app} if text_app else {},
-                               model_server_flags=model_server_flags)
+                               model_server_flags=model_server_flags, unbounded=unbounded)
     with topology.running(options, lambda message: say(f"  {message}")) as processes:
         yield f"http://127.0.0.1:{http_port}", [p.pid for p in processes], processes
 

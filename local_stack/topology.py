@@ -42,6 +42,8 @@ class Options:
     env_overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     app_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
     model_server_flags: list[str] | None = None
+    # Benchmark variant: nginx without the roster's max_in_flight bounds (every request queues in a worker).
+    unbounded: bool = False
     # Mounted at /models in compose; MODEL_REPOSITORY names another folder in both modes.
     model_repository: Path = compose_file.MODEL_REPOSITORY
 
@@ -128,7 +130,9 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
     nginx_dir.mkdir(parents=True, exist_ok=True)
     # nginx's workers (user nobody when started as root) may not reach the checkout; /tmp they can.
     shutil.copytree(REPO_ROOT / nginx_conf.STATIC, nginx_temp / "static", dirs_exist_ok=True)
-    values = nginx_conf.values_for_local(settings.services, f"{options.host}:{options.http_port}", nginx_dir,
+    services = [dataclasses.replace(s, max_in_flight=0) for s in settings.services] if options.unbounded \
+        else settings.services
+    values = nginx_conf.values_for_local(services, f"{options.host}:{options.http_port}", nginx_dir,
                                          upstreams, static_dir=nginx_temp / "static")
     values["temp_dir"] = str(nginx_temp)
     conf_file.write_text(nginx_conf.render(values, (REPO_ROOT / nginx_conf.TEMPLATE).read_text()))

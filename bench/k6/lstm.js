@@ -9,6 +9,8 @@ import { Counter, Trend } from "k6/metrics";
 const sentences = open("./sentences.txt").split("\n").filter((line) => line.length > 0);
 const admitted = new Trend("admitted_ms", true);
 const shed = new Trend("shed_ms", true);
+// Answers that came within the request's own deadline (DEADLINE_MS): the goodput.
+const inDeadline = new Counter("in_deadline");
 // Failures by kind: no answer (status 0), 502, 504, any other status.
 const failed = { 0: new Counter("failed_no_answer"), 502: new Counter("failed_502"), 504: new Counter("failed_504") };
 const failedOther = new Counter("failed_other");
@@ -33,7 +35,10 @@ export default function () {
   const reply = http.post(__ENV.URL, JSON.stringify({ line }), params);
   const t = reply.timings;
   const ms = t.blocked + t.connecting + t.duration;
-  if (reply.status === 200) admitted.add(ms);
+  if (reply.status === 200) {
+    admitted.add(ms);
+    if (__ENV.DEADLINE_MS && ms <= Number(__ENV.DEADLINE_MS)) inDeadline.add(1);
+  }
   else if (reply.status === 503) shed.add(ms);
   else (failed[reply.status] || failedOther).add(1);
 }

@@ -21,12 +21,17 @@ def test_quick_open_loop_cells_run_end_to_end(tmp_path):
     data = json.loads((tmp_path / "open_loop.json").read_text())
     assert data["capacity_rps"] > 0
     cells = {(c["variant"], c["share"]): c for c in data["cells"]}
-    assert set(cells) == {(v, s) for v in ("no batching", "coalescing", "deadline-aware") for s in (0.25, 1.2)}
+    variants = ("no batching", "coalescing", "deadline-aware, unbounded", "deadline-aware")
+    assert set(cells) == {(v, s) for v in variants for s in (0.25, 1.2)}
     for cell in cells.values():
         assert cell["admitted"] > 0 and cell["p99_ms"] >= cell["p50_ms"] > 0, cell
-    for variant in ("no batching", "coalescing", "deadline-aware"):
+    for variant in variants:
         light = cells[(variant, 0.25)]
         assert light["failed"] == 0 and light["unsent"] == 0, light
         assert light["admitted"] >= 0.9 * light["offered_rps"] * light["seconds"], "a light load is all answered"
-    assert "| deadline-aware | 120% |" in (tmp_path / "open_loop.md").read_text()
+    assert light["in_deadline_rps"] > 0.9 * light["admitted_rps"], "a light load is answered in time"
+    overloaded = cells[("deadline-aware", 1.2)]
+    assert overloaded["in_deadline_rps"] > 0 and overloaded["shed"] > 0, overloaded
+    report = (tmp_path / "open_loop.md").read_text()
+    assert "| deadline-aware | 120% |" in report and "## nginx's bound against none" in report
     assert (tmp_path / "open_loop_lstm.png").stat().st_size > 1000

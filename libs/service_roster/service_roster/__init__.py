@@ -32,6 +32,11 @@ class Service:
     # "module:function" run once in gunicorn's master before its workers fork (memory they then
     # share) and once at image build (caches it writes are baked in); "" for none.
     preload: str = ""
+    # Requests that state a deadline (X-Request-Timeout-Ms) one instance is given at once; nginx
+    # refuses the next with a JSON 503 and Retry-After, in microseconds of its own CPU, instead of
+    # letting it queue where it would be refused (or answered late) at the cost of a whole request
+    # cycle in a worker. 0: no bound.
+    max_in_flight: int = 0
 
     @property
     def body_limit_bytes(self) -> int:
@@ -59,6 +64,8 @@ def read_service(path: Path) -> Service:
         raise ValueError(f"{path}: fields {sorted(data)}, expected {sorted(required)} and optionally "
                          f"{sorted(fields - required)}")
     service = Service(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    if type(service.max_in_flight) is not int or service.max_in_flight < 0:
+        raise ValueError(f"{path}: max_in_flight {service.max_in_flight!r} is not a whole number >= 0")
     if not _SIZE.match(service.body_limit):
         raise ValueError(f"{path}: body_limit {service.body_limit!r} is not like 512k or 20m")
     if not service.routes or not all(r.startswith("/") and not r.endswith("/") for r in service.routes):

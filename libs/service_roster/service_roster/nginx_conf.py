@@ -25,22 +25,42 @@ COMPOSE_PORT = 8000  # what every API service's gunicorn binds in its container
 COMPOSE_LISTEN = "8080"  # the unprivileged nginx image cannot bind 80
 
 
-def _servers(addresses: list[str], resolve: bool) -> str:
+BOUNDED = "_bounded"  # the upstream group of a service's requests that state a deadline
+
+
+def _servers(addresses: list[str], resolve: bool, max_conns: int = 0) -> str:
     # In local mode a replica that refuses connections is skipped for 2 s, then tried again.
     suffix = " resolve" if resolve else " max_fails=1 fail_timeout=2s"
+    if max_conns:
+        suffix += f" max_conns={max_conns}"
     return "\n".join(f"        server {address}{suffix};" for address in addresses)
 
 
-def _upstreams(services: list[Service], addresses: dict[str, list[str]], resolve: bool) -> str:
-    blocks = []
-    for service in services:
-        blocks.append(f"""    upstream {service.upstream} {{
-        zone {service.upstream} 64k;
+def _upstream(name: str, servers: str) -> str:
+    return f"""    upstream {name} {{
+        zone {name} 64k;
         least_conn;
-{_servers(addresses[service.name], resolve)}
+{servers}
         keepalive 64;
         # Shorter than gunicorn's keepalive (5 s): nginx closes idle connections first.
         keepalive_timeout 4s;
+    }}"""
+
+
+def _upstreams(services: list[Service], addresses: dict[str, list[str]], resolve: bool) -> str:
+    """Each service's instances; a service with `max_in_flight` has them twice: requests that state
+    a deadline go to the second group, where each instance takes at most that many at once (with
+    `resolve`, each replica the name resolves to)."""
+    blocks = []
+    for service in services:
+        blocks.append(_upstream(service.upstream, _servers(addresses[service.name], resolve)))
+        if service.max_in_flight:
+            blocks.append(_upstream(service.upstream + BOUNDED,
+                                    _servers(addresses[service.name], resolve, service.max_in_flight)))
+            # The whole group name in one variable: nginx finds a defined group by it (no DNS).
+            blocks.append(f"""    map $http_x_request_timeout_ms ${service.upstream}_group {{
+        "" {service.upstream};
+        default {service.upstream + BOUNDED};
     }}""")
     return "\n\n".join(blocks)
 
@@ -48,11 +68,12 @@ def _upstreams(services: list[Service], addresses: dict[str, list[str]], resolve
 def _locations(services: list[Service]) -> str:
     blocks = []
     for service in services:
+        group = f"${service.upstream}_group" if service.max_in_flight else service.upstream
         for route in service.routes:
             for match in (f"= {route}", f"{route}/"):
                 blocks.append(f"""        location {match} {{
             client_max_body_size {service.body_limit};
-            proxy_pass http://{service.upstream};
+            proxy_pass http://{group};
         }}""")
     return "\n".join(blocks)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from service_roster import nginx_conf
+from service_roster import Service, nginx_conf
 from tests.conftest import REPO_ROOT, ROSTER, free_port, wait_until
 from tests.services.nginx.test_nginx_config import NGINX
 
@@ -40,11 +40,14 @@ class Upstream:
 
 
 @contextlib.contextmanager
-def nginx_in_front_of(tmp_path: Path, vision_upstreams: list[str]) -> Iterator[str]:
+def nginx_in_front_of(tmp_path: Path, vision_upstreams: list[str] | None = None,
+                      text_upstreams: list[str] | None = None, roster: list[Service] = ROSTER) -> Iterator[str]:
+    """The rendered template's nginx in front of these instances (a closed port where none are given)."""
     port = free_port()
-    upstreams = {service.name: [f"127.0.0.1:{free_port()}"] for service in ROSTER}
-    upstreams["vision-api"] = vision_upstreams
-    values = nginx_conf.values_for_local(ROSTER, f"127.0.0.1:{port}", tmp_path, upstreams,
+    upstreams = {service.name: [f"127.0.0.1:{free_port()}"] for service in roster}
+    upstreams["vision-api"] = vision_upstreams or upstreams["vision-api"]
+    upstreams["text-api"] = text_upstreams or upstreams["text-api"]
+    values = nginx_conf.values_for_local(roster, f"127.0.0.1:{port}", tmp_path, upstreams,
                                          REPO_ROOT / nginx_conf.STATIC, worker_processes="1")
     (tmp_path / "temp").mkdir()
     config = tmp_path / "nginx.conf"
