@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from local_stack import compose_file
+from service_kit.http.errors import SHED_CODES
 from tests.conftest import required_in_ci
 from tests.memory_cgroup import CgroupUnavailable, memory_cgroup
 from tests.services.conftest import start_api
@@ -69,9 +70,10 @@ def test_the_largest_image_of_each_kind_costs_what_the_service_reserves(limited,
 
 def test_all_of_them_at_once_twice_over_lose_no_worker(limited, images):
     """Two of the largest image of each kind in flight, and one as JSON (base64: its body is
-    several times its size): each is answered 200, or 503 busy once it waited its turn for too
-    long, or 504 at its deadline when its turn came too late; the worker lives, the kernel killed
-    nothing."""
+    several times its size): each is answered 200, or refused with a JSON 503 before any model
+    work (busy once it waited its turn for too long, deadline_unreachable when the batcher saw it
+    could not be answered in time), or 504 at its deadline when its turn came too late; the worker
+    lives, the kernel killed nothing."""
     instance, cgroup = limited
     pids = cgroup.pids()
     kills = cgroup.oom_kills()
@@ -84,7 +86,7 @@ def test_all_of_them_at_once_twice_over_lose_no_worker(limited, images):
                for _, status, kind_type in answers), [(k, r.status_code, r.text[:200]) for k, r in replies
                                                      if r.status_code != 200]
     refused = [reply.json()["error"]["code"] for _, reply in replies if reply.status_code >= 500]
-    assert set(refused) <= {"busy", "model_timeout"}, refused
+    assert set(refused) <= SHED_CODES | {"model_timeout"}, refused
     assert sum(status == 200 for _, status, _ in answers) >= len(images), answers
     assert cgroup.oom_kills() == kills and cgroup.pids() == pids, ("a process was killed", pids, cgroup.pids(),
                                                                    [(p, _command(p)) for p in cgroup.pids()])
