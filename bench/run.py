@@ -38,11 +38,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from local_stack import compose_file, topology
 from local_stack.processes import SupervisedProcess
+
+if TYPE_CHECKING:
+    from tests.compose.docker_host import ComposeProject
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WRK_DIR = REPO_ROOT / "bench" / "wrk"
@@ -205,7 +209,7 @@ def run_matrix(args: argparse.Namespace) -> tuple[list[Cell], dict]:
             local_cells(args, work, port, text_cells, image_cells, cells, ceilings)
         if "compose" in args.modes:
             say("this stack under docker compose, tuned")
-            with compose_stack(work / "compose") as (url, pids):
+            with compose_stack(work / "compose") as (url, pids, _):
                 text_cells("compose", url, pids)
                 image_cells("compose", url, pids)
     finally:
@@ -214,16 +218,16 @@ def run_matrix(args: argparse.Namespace) -> tuple[list[Cell], dict]:
 
 
 @contextlib.contextmanager
-def compose_stack(work: Path) -> Iterator[tuple[str, list[int]]]:
+def compose_stack(work: Path) -> Iterator[tuple[str, list[int], ComposeProject]]:
     """The stack under docker compose as the live compose tier runs it (tests/compose/docker_host.py):
-    nginx's published URL and the main pids of all its containers (their CPU is metered)."""
+    nginx's published URL, the main pids of all its containers (their CPU is metered) and the project."""
     from tests.compose.docker_host import compose_stack as up
     from tests.compose.docker_host import docker_engine
 
     work.mkdir(parents=True, exist_ok=True)
     with docker_engine(work / "dockerd"), up(work, log=sys.stdout) as project:
         pids = [project.inspect(c["Name"])["State"]["Pid"] for c in project.containers()]
-        yield project.url, pids
+        yield project.url, pids, project
 
 
 def local_cells(args: argparse.Namespace, work: Path, port: int, text_cells, image_cells, cells: list[Cell],
