@@ -8,6 +8,7 @@ request: on a shared machine whose speed drifts by 15% between identical cells, 
     .venv/bin/python -m bench.compare BEFORE_CHECKOUT AFTER_CHECKOUT [--rounds 2] [--out FILE.md]
     .venv/bin/python -m bench.compare BEFORE AFTER --http-ceiling   # and each one's HTTP ceiling
     .venv/bin/python -m bench.compare BEFORE AFTER --ceiling-only --rounds 8
+    .venv/bin/python -m bench.compare BEFORE AFTER --low-load   # and /lstm at 1 and 10 connections
 
 Each checkout runs its own local stack (`python -m local_stack up` with its own .venv: run its
 scripts/bootstrap.sh first) on a free port, exactly as `./stack up` starts it. `--http-ceiling`
@@ -34,6 +35,8 @@ from local_stack.topology import free_port
 
 # The tuned cells of bench.run's matrix that carry the claim: (route, wrk script, connections).
 CELLS = (("/lstm", "lstm_post.lua", 100), ("/lstm", "lstm_post.lua", 1000), ("/cv_sod", "image_post.lua", 32))
+# With --low-load: where a request's latency is the model call's, not the machine's CPU.
+LOW_LOAD_CELLS = (("/lstm", "lstm_post.lua", 1), ("/lstm", "lstm_post.lua", 10))
 
 
 @contextlib.contextmanager
@@ -126,20 +129,22 @@ def report(cells: list[Cell], before: Path, after: Path, command: str) -> str:
     lines = ["# Before and after, side by side", "", f"Command: `{command}`. Before: `{before}`, after: `{after}`; "
              "both checkouts' stacks up at once, cells alternated (the order swapped each round); each cell is the "
              "median of its rounds; CPU: the answering service's gunicorn processes, per request answered.", "",
-             "| route | connections | before req/s | after req/s | after / before | before p99 ms | after p99 ms "
-             "| before CPU ms/request | after CPU ms/request | after / before CPU |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for route, _, connections in (*CELLS, (CEILING_ROUTE, "", CEILING_CELL[2])):
+             "| route | connections | before req/s | after req/s | after / before | before p50 ms | after p50 ms "
+             "| before p99 ms | after p99 ms | before CPU ms/request | after CPU ms/request | after / before CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for route, _, connections in (*LOW_LOAD_CELLS, *CELLS, (CEILING_ROUTE, "", CEILING_CELL[2])):
         picked = {label: [c for c in cells if (c.variant, c.route, c.connections) == (label, route, connections)]
                   for label in ("before", "after")}
         if not all(picked.values()):
             continue
         rps = {label: statistics.median(c.rps for c in found) for label, found in picked.items()}
+        p50 = {label: statistics.median(c.p50_ms for c in found) for label, found in picked.items()}
         p99 = {label: statistics.median(c.p99_ms for c in found) for label, found in picked.items()}
         cpu = {label: statistics.median(c.cpu_ms_per_request for c in found) for label, found in picked.items()}
         failed = sum(c.failed for found in picked.values() for c in found)
         lines.append(f"| `{route}` | {connections} | {rps['before']:.1f} | {rps['after']:.1f} | "
-                     f"{rps['after'] / rps['before']:.2f}x | {p99['before']:.0f} | {p99['after']:.0f} | "
+                     f"{rps['after'] / rps['before']:.2f}x | {p50['before']:.1f} | {p50['after']:.1f} | "
+                     f"{p99['before']:.0f} | {p99['after']:.0f} | "
                      f"{cpu['before']:.3f} | {cpu['after']:.3f} | {cpu['after'] / cpu['before']:.2f}x |"
                      + (f" {failed} failed" if failed else ""))
     return "\n".join(lines) + "\n"
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the table here as well")
     parser.add_argument("--http-ceiling", action="store_true", help="and each checkout's HTTP ceiling")
     parser.add_argument("--ceiling-only", action="store_true", help="only the HTTP ceiling (more rounds in the time)")
+    parser.add_argument("--low-load", action="store_true", help="and /lstm at 1 and 10 connections")
     args = parser.parse_args(argv)
     cells: list[Cell] = []
     checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -162,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.ExitStack() as running:
                 stacks = {label: running.enter_context(checkout_stack(checkout, Path(work)))
                           for label, checkout in checkouts.items()}
-                cells += alternate(stacks, CELLS, args.rounds, args.seconds)
+                cells += alternate(stacks, (*LOW_LOAD_CELLS, *CELLS) if args.low_load else CELLS, args.rounds,
+                                   args.seconds)
         if args.http_ceiling or args.ceiling_only:
             with contextlib.ExitStack() as running:
                 stacks = {label: running.enter_context(checkout_ceiling_stack(checkout, Path(work)))
