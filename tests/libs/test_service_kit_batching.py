@@ -99,23 +99,6 @@ def test_under_steady_arrivals_a_batch_waits_for_company_at_most_the_window():
     assert decision.release.reason == "window" and len(decision.release.entries) == 3
 
 
-def test_a_batch_waits_for_company_only_while_some_is_on_its_way():
-    """Issue 25: under closed-loop load every caller of a worker may already wait in the batch or
-    in the call ahead of it; gaps between arrivals still say company is expected, but none can
-    come, and holding the batch only leaves the model idle."""
-    queue = BatchQueue(latency=learnt(2 * MS, 0.01 * MS))  # window: the 2 ms fixed cost
-    arrivals(queue, [10.0 + i * 0.5 * MS for i in range(40)], deadline_after=1.0)  # company expected
-    queue.queued.clear()
-    arrivals(queue, [11.0], deadline_after=1.0)
-    queue._mean_gap = 0.5 * MS
-    queue.arriving = 1  # a request is being prepared: worth waiting for
-    decision = queue.decide(11.0)
-    assert decision.release is None and decision.wake_at == pytest.approx(11.0 + 2 * MS)
-    queue.arriving = 0  # it arrived, or failed: nothing more can come
-    decision = queue.decide(11.0001)
-    assert decision.release.reason == "idle" and len(decision.release.entries) == 1
-
-
 def test_a_full_batch_leaves_without_waiting():
     queue = BatchQueue(max_batch_size=4, latency=learnt(2 * MS, 0))
     arrivals(queue, [10.0 + i * 0.1 * MS for i in range(20)], deadline_after=1.0)
@@ -307,36 +290,6 @@ def test_concurrent_requests_are_answered_by_fewer_larger_calls(coalesce_only):
     assert sum(sizes) == 80 and max(sizes) <= 16 and len(recorder.waits) == 80
     assert len(model.batches) < 20, f"{len(model.batches)} calls for 80 items"
     assert {reason for reason, _ in recorder.releases} <= {"full", "window", "deadline", "idle"}
-
-
-def test_a_held_batch_takes_the_request_on_its_way_and_leaves_when_none_is_left():
-    """A batch waits for a request being prepared (MicroBatcher.arriving) and they go in one call;
-    when the one being prepared fails instead, the batch leaves at once, not at the window's end."""
-    model = SlowDoubler(0.0)
-    rules = BatchQueue(max_window=2.0, latency=learnt(2.0, 0, at=time.monotonic()))  # a 2 s window
-    rules._mean_gap = 1 * MS  # company expected
-    batcher = MicroBatcher(model, rules)
-    answers = {}
-    with batcher.arriving(1) as on_its_way:
-        first = threading.Thread(target=lambda: answers.update(first=batcher.submit([1], within(10))))
-        first.start()
-        wait_for(lambda: len(rules.queued) == 1)
-        time.sleep(0.05)
-        assert model.batches == [], "held for the request on its way"
-        answers["second"] = batcher.submit_timed([2], within(10), arrival=on_its_way)[0]
-    first.join(5)
-    assert answers == {"first": [2], "second": [4]} and model.batches == [[1, 2]]
-
-    started = time.monotonic()
-    with pytest.raises(ValueError):
-        with batcher.arriving(1):
-            third = threading.Thread(target=lambda: answers.update(third=batcher.submit([3], within(10))))
-            third.start()
-            wait_for(lambda: len(rules.queued) == 1)
-            raise ValueError("this request's preparation failed")
-    third.join(5)
-    assert answers["third"] == [6] and time.monotonic() - started < 1.0, "not held for the window"
-    assert rules.arriving == 0
 
 
 def test_a_failed_call_fails_each_of_its_requests_and_the_batcher_recovers():

@@ -13,9 +13,7 @@ a made-up clock):
 - release: a batch leaves when it is `full`; when waiting longer would make its most urgent
   member miss its deadline (`deadline`); when its oldest member has waited the window (`window`);
   or at once when no other request is expected within the window (`idle`: a lone request never
-  waits), or when none is on its way (`arriving`: admitted by the worker, still being prepared):
-  when every request of the worker already waits in the batch or in the call ahead of it, holding
-  the batch for company only leaves the model idle;
+  waits);
 - the window adapts: it is the fixed part of a model call's recent latency (what one more request
   in the batch saves), capped by `max_window`. On a busy machine calls slow down, the window grows
   and batches with it, so the model costs less CPU per request (the lstm model takes ~1 ms for one
@@ -39,13 +37,12 @@ workers; without gevent (unit tests, scripts) it runs on real threads.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from service_kit.core.deadlines import fade
@@ -166,14 +163,6 @@ class Decision:
     wake_at: float | None = None
 
 
-@dataclasses.dataclass
-class Arrival:
-    """Examples on their way to the queue (MicroBatcher.arriving)."""
-
-    count: int
-    submitted: bool = False
-
-
 class BatchQueue:
     """The batcher's rules, without threads or a clock of their own; the caller holds the lock."""
 
@@ -189,10 +178,6 @@ class BatchQueue:
         self.latency = latency or LatencyModel()
         self.queued: collections.deque[_Pending] = collections.deque()
         self.in_flight_until: list[float] = []  # predicted end of each call in flight
-        # Examples of requests admitted by the worker and still being prepared (MicroBatcher.arriving):
-        # the company a held batch can expect; None until a caller announces arrivals (then only
-        # the gaps between arrivals say whether company is expected).
-        self.arriving: int | None = None
         self._last_arrival: float | None = None
         # Seconds between requests, recent ones weighing most; a pause counts as at most a few
         # windows, so the first requests after it are seen as company again soon.
@@ -264,8 +249,8 @@ class BatchQueue:
             reason = "deadline"
         elif now >= window_ends:
             reason = "window"
-        elif self._mean_gap > self.window() or self.arriving == 0:
-            reason = "idle"  # no other request expected within the window, or none on its way: waiting gains nothing
+        elif self._mean_gap > self.window():
+            reason = "idle"  # no other request expected within the window: waiting gains nothing
         else:
             decision.wake_at = min(latest_start, window_ends)
             return decision
@@ -316,40 +301,18 @@ class MicroBatcher(Generic[Item, Result]):
         says, as their batch leaves, that the caller is gone."""
         return self.submit_timed(items, deadline, abandoned)[0]
 
-    @contextlib.contextmanager
-    def arriving(self, count: int) -> Iterator[Arrival]:
-        """A request's `count` examples are on their way to the queue (being prepared) until they
-        are submitted with this Arrival, or the block ends: held batches wait for them, and only
-        for them."""
-        arrival = Arrival(count)
-        with self._changed:
-            self.rules.arriving = (self.rules.arriving or 0) + count
-        try:
-            yield arrival
-        finally:
-            if not arrival.submitted:
-                with self._changed:
-                    self.rules.arriving -= count
-                    self._changed.notify_all()
-
     def submit_timed(self, items: Sequence[Item], deadline: float,
-                     abandoned: Callable[[], bool] | None = None,
-                     arrival: Arrival | None = None) -> tuple[list[Result], float]:
-        """`submit`, and when the items left the queue for the model. With `arrival`, the
-        examples announced by `arriving` are now queued (or refused), in the same step."""
+                     abandoned: Callable[[], bool] | None = None) -> tuple[list[Result], float]:
+        """`submit`, and when the items left the queue for the model."""
         self._ensure_loops()
         now = self.clock()
         request = object()
         pending = [_Pending(item, deadline, now, request, abandoned) for item in items]
         with self._changed:
-            if arrival is not None and not arrival.submitted:
-                arrival.submitted = True
-                self.rules.arriving -= arrival.count
             try:
                 self.rules.admit(pending, now)
             except BatcherOverloaded as refused:
                 self._report_shed(refused.reason, 1)
-                self._changed.notify_all()
                 raise
             self._changed.notify_all()
         results = []

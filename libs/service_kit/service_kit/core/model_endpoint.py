@@ -14,7 +14,6 @@ re-exported here); it knows nothing of HTTP. service_kit.http.errors turns each 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from service_kit.core import deadlines, metrics
-from service_kit.core.batching import Arrival, BatcherOverloaded, BatchQueue, MicroBatcher
+from service_kit.core.batching import BatcherOverloaded, BatchQueue, MicroBatcher
 from service_kit.core.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
 from service_kit.core.settings import ServiceSettings
 from tfserving_client import ModelServerClient
@@ -102,12 +101,7 @@ class ModelEndpoint(Generic[Example, Output]):
             return budget.deadline
         return budget.arrived + self.settings.model_timeout_seconds + 1
 
-    def arriving(self, count: int) -> contextlib.AbstractContextManager[Arrival | None]:
-        """A request's `count` examples are being prepared for `predict` (pass it what this
-        yields): the batcher holds a batch for company only while some are on their way."""
-        return self.batcher.arriving(count) if self.batcher is not None else contextlib.nullcontext()
-
-    def predict(self, examples: list[Example], arrival: Arrival | None = None) -> Prediction[Output]:
+    def predict(self, examples: list[Example]) -> Prediction[Output]:
         """A result for each example, batched with this worker's other requests of the moment,
         within the request's deadline."""
         budget = deadlines.current_or_default(self.settings)
@@ -121,7 +115,7 @@ class ModelEndpoint(Generic[Example, Output]):
             budget.dispatched = budget.submitted
             answers = self._predict_batch(examples, deadline)
         else:
-            answers, budget.dispatched = self.batcher.submit_timed(examples, deadline, budget.abandoned, arrival)
+            answers, budget.dispatched = self.batcher.submit_timed(examples, deadline, budget.abandoned)
         budget.answered = time.monotonic()
         return Prediction([output for output, _ in answers], answers[0][1])
 

@@ -74,6 +74,6 @@ class ModelService(ModelEndpoint[Example, Output], Generic[Item, Example, Output
         """The hooks, in order, within the request's deadline."""
         items = self.decode(request)
         self.check_in_time(len(items), deadline)
-        with self.holding(items, deadline), self.arriving(len(items)) as arrival:
+        with self.holding(items, deadline):
             examples = self.prepare(items, deadline)
-            return self.encode(request, items, self.predict(examples, arrival), reply)
+            return self.encode(request, items, self.predict(examples), reply)
