@@ -57,6 +57,70 @@ def test_concurrent_requests_share_model_calls():
     assert max(model.calls) <= 16
 
 
+class ThreadRecordingModel(RecordingModel):
+    """RecordingModel that also remembers which thread ran each call, and can be held."""
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__(delay)
+        self.threads: list[str] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, inputs):
+        self.threads.append(threading.current_thread().name)
+        self.release.wait(10)
+        return super().__call__(inputs)
+
+
+def test_a_lone_task_whose_caller_waits_runs_on_the_callers_thread():
+    """Issue 25: handing a lone task to a batch thread and its answer back cost two thread
+    wake-ups per call; with no timeout, nothing queued and a slot free it runs where it is."""
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=2))
+    model = ThreadRecordingModel()
+    try:
+        future = scheduler.submit("m", model, {"x": np.ones((1, 1))}, caller_waits=True)
+        assert future.done() and model.threads == [threading.current_thread().name]
+        np.testing.assert_array_equal(future.result()["y"], [[2.0]])
+        queued = scheduler.submit("m", model, {"x": np.ones((1, 1))})  # a caller that does not wait
+        queued.result(timeout=10)
+        assert model.threads[1].startswith("batch-")
+    finally:
+        scheduler.stop()
+
+
+def test_callers_never_run_more_batches_at_once_than_the_batch_threads_and_queued_tasks_still_merge():
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1))
+    model = ThreadRecordingModel()
+    model.release.clear()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(scheduler.submit, "m", model, {"x": np.ones((1, 1))}, caller_waits=True)
+            # The first runs (on its caller's thread, in the one slot) and is held there.
+            wait_until(lambda: len(model.threads) == 1, 5, "the first task running")
+            later = [pool.submit(scheduler.submit, "m", model, {"x": np.full((1, 1), v)}, caller_waits=True)
+                     for v in (2.0, 3.0, 4.0)]
+            time.sleep(0.1)
+            assert len(model.threads) == 1, "no second batch while the only slot is taken"
+            model.release.set()
+            answers = [f.result(timeout=10).result(timeout=10)["y"][0][0] for f in later]
+            first.result(timeout=10)
+        assert answers == [4.0, 6.0, 8.0]
+        assert model.calls == [1, 3], "what queued meanwhile went together"
+        assert model.threads[1].startswith("batch-")
+    finally:
+        scheduler.stop()
+
+
+def test_with_a_batch_timeout_tasks_always_wait_for_company_on_the_batch_threads():
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=1000, num_batch_threads=1))
+    model = ThreadRecordingModel()
+    try:
+        scheduler.submit("m", model, {"x": np.ones((1, 1))}, caller_waits=True).result(timeout=10)
+        assert model.threads[0].startswith("batch-")
+    finally:
+        scheduler.stop()
+
+
 def test_task_larger_than_max_batch_is_invalid_argument():
     scheduler = BatchScheduler(BatchingParameters(max_batch_size=4))
     try:
