@@ -8,12 +8,6 @@ together. `max_enqueued_batches` bounds each queue: past it, callers get UNAVAIL
 instead of waiting. Variable-length inputs are padded at the end with the first element of
 each task's tensor, as TF Serving does, when `pad_variable_length_inputs` is set.
 
-With `batch_timeout_micros` 0, a task whose caller only waits for it (`caller_waits`: a gRPC or
-REST handler) and that finds nothing queued and a batch thread's slot free runs at once on its
-caller's own thread: the batch it would have formed is itself alone either
-way, and handing it to a batch thread and its answer back costs two thread wake-ups (~1-2 ms per
-call on an idle 2-core VM, issue 25). At most `num_batch_threads` batches still run at once.
-
 A task whose caller has given up (its future cancelled, or its deadline passed: the caller has
 answered DEADLINE_EXCEEDED) is dropped when its batch is dispatched, not run: the model's time
 goes to callers still waiting.
@@ -73,24 +67,20 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
         self._stopping = False
-        self._slots = max(1, params.num_batch_threads)  # batches running at once, at most
-        self._running = 0  # batches running now: on the batch threads, or on their callers' threads
         # Observability (and the proof in tests that batching happens): model calls by batch size.
         self.batch_size_counts: collections.Counter[int] = collections.Counter()
         self._threads = [
             threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
-            for i in range(self._slots)
+            for i in range(max(1, params.num_batch_threads))
         ]
         for thread in self._threads:
             thread.start()
 
     def submit(self, key: Hashable, run: RunBatch, inputs: dict[str, np.ndarray],
-               deadline: float | None = None, model: str = "", params: BatchingParameters | None = None,
-               caller_waits: bool = False) -> Future:
+               deadline: float | None = None, model: str = "", params: BatchingParameters | None = None) -> Future:
         """Queue one request's inputs; the future resolves to that request's slice of the outputs.
         Cancel it (or let `deadline` pass) to have the task dropped unrun. `params`: the queue's own
-        batching parameters (only its threads are the server's). `caller_waits`: the caller only
-        waits for the future, so the task may run on its thread (then the future is done on return)."""
+        batching parameters (only its threads are the server's)."""
         params = params or self.params
         sizes = {value.shape[0] if value.ndim else -1 for value in inputs.values()}
         if len(sizes) != 1 or -1 in sizes:
@@ -103,18 +93,6 @@ class BatchScheduler:
                 f"Task size {size} is larger than maximum input batch size {params.max_batch_size}"
             )
         task = _Task(inputs, size, Future(), deadline, model)
-        with self._cond:
-            inline = caller_waits and self._may_run_now(params)
-            if inline:
-                self._running += 1
-        if inline:
-            try:
-                self._execute(_Queue(run, params), [task])
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._cond.notify_all()
-            return task.future
         with self._cond:
             queue = self._queues.get(key)
             if queue is None:
@@ -133,13 +111,6 @@ class BatchScheduler:
                 queue.open = None
             self._cond.notify()
         return task.future
-
-    def _may_run_now(self, params: BatchingParameters) -> bool:
-        """Under the lock: may a task run on its caller's thread now? Only with no artificial wait
-        (a timeout > 0 asks batches to wait for company), nothing queued anywhere (it would jump
-        ahead), and a slot free."""
-        return (params.batch_timeout_micros == 0 and self._running < self._slots and not self._stopping
-                and not any(queue.batches() for queue in self._queues.values()))
 
     def stop(self) -> None:
         with self._cond:
@@ -181,19 +152,10 @@ class BatchScheduler:
                 while picked is None:
                     if self._stopping:
                         return
-                    if self._running >= self._slots:  # callers run batches of their own meanwhile
-                        self._cond.wait()
-                        continue
                     picked = self._next_batch()
                 self._drop_idle_queues()
-                self._running += 1
             queue, batch = picked
-            try:
-                self._execute(queue, batch.tasks)
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._cond.notify_all()
+            self._execute(queue, batch.tasks)
 
     def _drop_idle_queues(self) -> None:
         for key in [k for k, q in self._queues.items() if not q.closed and not q.open]:

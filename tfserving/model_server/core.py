@@ -417,7 +417,7 @@ class ServerCore:
         future = self.batcher.submit(
             (id(servable), signature_name), lambda batch: servable.run(signature_name, batch), inputs,
             deadline=None if timeout is None else time.monotonic() + timeout, model=servable.name,
-            params=servable.batching, caller_waits=True,
+            params=servable.batching,
         )
         try:
             return future.result(timeout=timeout)
