@@ -14,7 +14,8 @@ so that drift in the machine's speed falls on all alike:
 The difference between the first two is the userland proxy's cost, between the second and the
 third the NAT's, and what is left between the third and local mode is the containers' own
 (veth, bridge, the replicas' CPU limits). Each cell also meters the CPU the docker-proxy
-processes spent per request.
+processes spent per request, and the whole machine's, in user mode and in the kernel (where the
+per-packet work of veth pairs, the bridge and NAT is done, outside any container's processes).
 
     .venv/bin/python -m bench.compose_paths [--rounds 2] [--seconds 10] [--out FILE.md]
 """
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
+import os
 import statistics
 import sys
 import tempfile
@@ -53,15 +56,35 @@ def proxy_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "docker-proxy"]
 
 
-def measure(path: str, url: str, connections: int, seconds: int, pids: list[int]) -> tuple[Cell, float]:
-    """One wrk cell, and the docker-proxy processes' CPU per request in it (ms)."""
+@dataclasses.dataclass
+class Costs:
+    """What a cell cost besides its answering processes, ms per request."""
+
+    proxy: float  # the docker-proxy processes' CPU
+    user: float  # the whole machine's, in user mode (every process, wrk included)
+    kernel: float  # the whole machine's, in the kernel: system, irq and softirq (the network's work)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU the whole machine has spent so far: (user, kernel), from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (user + nice) / ticks, (system + irq + softirq) / ticks
+
+
+def measure(path: str, url: str, connections: int, seconds: int, pids: list[int]) -> tuple[Cell, Costs]:
+    """One wrk cell, and what it cost outside the answering processes."""
     proxies = proxy_pids()
-    before = cpu_seconds(proxies)
+    proxy_before, (user_before, kernel_before) = cpu_seconds(proxies), machine_cpu()
     cell = run_wrk(Cell(path, "/lstm", connections, seconds), url + "/lstm", "lstm_post.lua", pids)
-    return cell, 1000 * (cpu_seconds(proxies) - before) / max(cell.requests, 1)
+    user, kernel = machine_cpu()
+    per_request = 1000 / max(cell.requests, 1)
+    return cell, Costs((cpu_seconds(proxies) - proxy_before) * per_request, (user - user_before) * per_request,
+                       (kernel - kernel_before) * per_request)
 
 
-def report(measured: list[tuple[Cell, float]], paths: list[str], rounds: int, seconds: int, proxies: int) -> str:
+def report(measured: list[tuple[Cell, Costs]], paths: list[str], rounds: int, seconds: int, proxies: int) -> str:
     cells = [cell for cell, _ in measured]
     lines = [
         "# Where the compose gap goes",
@@ -71,22 +94,25 @@ def report(measured: list[tuple[Cell, float]], paths: list[str], rounds: int, se
         f"in each round (rotated by round). docker-proxy processes running: {proxies}. Median of the rounds; "
         "the ratio is against local mode in the same rounds; CPU is the answering processes' per request "
         "(containers' main processes with their children, or the local stack's), proxy CPU the docker-proxy "
-        "processes'.",
+        "processes', machine CPU the whole machine's (/proc/stat: user mode, and kernel: system, irq and softirq, "
+        "where the network's per-packet work is done).",
         "",
-        "| path | connections | req/s | vs local | p50 ms | p99 ms | CPU ms/req | proxy CPU ms/req | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | connections | req/s | vs local | p50 ms | p99 ms | CPU ms/req | proxy CPU ms/req "
+        "| machine user ms/req | machine kernel ms/req | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for connections in CONNECTIONS:
         local = statistics.median(c.rps for c in cells if c.variant == "local" and c.connections == connections)
         for path in paths:
             mine = [c for c in cells if c.variant == path and c.connections == connections]
-            proxy_ms = [ms for c, ms in measured if c.variant == path and c.connections == connections]
+            costs = [cost for c, cost in measured if c.variant == path and c.connections == connections]
             rps = statistics.median(c.rps for c in mine)
             lines.append(
                 f"| {path} | {connections} | {rps:.0f} | {rps / local:.2f} | "
                 f"{statistics.median(c.p50_ms for c in mine):.1f} | {statistics.median(c.p99_ms for c in mine):.1f} | "
                 f"{statistics.median(c.cpu_ms_per_request for c in mine):.2f} | "
-                f"{statistics.median(proxy_ms):.2f} | "
+                f"{statistics.median(c.proxy for c in costs):.2f} | {statistics.median(c.user for c in costs):.2f} | "
+                f"{statistics.median(c.kernel for c in costs):.2f} | "
                 f"{sum(c.failed for c in mine)} |")
     return "\n".join(lines) + "\n"
 
@@ -97,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    cells: list[tuple[Cell, float]] = []
+    cells: list[tuple[Cell, Costs]] = []
     with tempfile.TemporaryDirectory(prefix="compose-paths-") as work, contextlib.ExitStack() as stacks:
         work = Path(work)
         local_url, local_pids, _ = stacks.enter_context(stack(work / "local", free_port()))
