@@ -18,6 +18,7 @@ from model_server.core import ServerCore
 from model_server.errors import ServingError
 from model_server.monitoring import METRICS
 from model_server.servable import Servable
+from model_server.tensors import MAX_REQUEST_BYTES, decoded_bytes
 from tests.conftest import MODEL_REPOSITORY, wait_until
 
 
@@ -105,6 +106,25 @@ def test_variable_length_inputs_are_padded_with_the_first_element():
     assert merged.shape == (2, 3)
     assert list(merged[0]) == [b"a", b"a", b"a"]
     assert results[1].tolist() == [[b"bb", b"cc", b"dd"]]
+
+
+def test_a_batch_never_grows_past_the_request_limit_once_padded():
+    """Issue 33: one long text padded its 63 short batch-mates to its length, a merged batch over
+    MAX_REQUEST_BYTES though each request was under it. The long one now starts a batch of its own."""
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=64, batch_timeout_micros=100_000,
+                                                  pad_variable_length_inputs=True, num_batch_threads=1))
+    model = RecordingModel(delay=0)
+    short = np.array([[b"a", b"b"]], dtype=object)
+    long = np.full((1, 20_000), b"x", dtype=object)  # 0.7 MB decoded; 64 rows of it would be 42 MB
+    assert decoded_bytes(long) < MAX_REQUEST_BYTES < 64 * decoded_bytes(long)
+    try:
+        futures = [scheduler.submit("m", model, {"x": value}) for value in [short] * 32 + [long] + [short] * 31]
+        results = [future.result(timeout=10)["y"] for future in futures]
+    finally:
+        scheduler.stop()
+    assert results[32].shape == (1, 20_000) and all(r[0, :2].tolist() == [b"aa", b"bb"] for r in results[:32])
+    assert sum(model.calls) == 64 and len(model.calls) > 1
+    assert max(decoded_bytes(seen["x"]) for seen in model.seen) <= MAX_REQUEST_BYTES
 
 
 def test_variable_length_inputs_without_padding_fail_clearly():

@@ -8,6 +8,10 @@ together. `max_enqueued_batches` bounds each queue: past it, callers get UNAVAIL
 instead of waiting. Variable-length inputs are padded at the end with the first element of
 each task's tensor, as TF Serving does, when `pad_variable_length_inputs` is set.
 
+Beyond TF Serving: a batch never grows past MAX_REQUEST_BYTES once merged and padded (a task that
+would take it there starts the next batch). Each request is checked against that limit alone, and
+padding multiplies: one long text padded the batch's 64 short ones to its length.
+
 A task whose caller has given up (its future cancelled, or its deadline passed: the caller has
 answered DEADLINE_EXCEEDED) is dropped when its batch is dispatched, not run: the model's time
 goes to callers still waiting.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -28,6 +33,7 @@ import numpy as np
 from model_server.config import BatchingParameters
 from model_server.errors import invalid_argument, unavailable
 from model_server.monitoring import METRICS
+from model_server.tensors import MAX_REQUEST_BYTES, STRING_ELEMENT_BYTES, decoded_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +103,8 @@ class BatchScheduler:
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(run, params)
-            if queue.open and queue.open.size + size > params.max_batch_size:
+            if queue.open and (queue.open.size + size > params.max_batch_size
+                               or _merged_bytes(params, [*queue.open.tasks, task]) > MAX_REQUEST_BYTES):
                 queue.closed.append(queue.open)
                 queue.open = None
             if queue.open is None:
@@ -211,6 +218,28 @@ def _merge(params: BatchingParameters, inputs: list[dict[str, np.ndarray]],
             parts.append(np.repeat(parts[0][:1], padded_size - total, axis=0))
         merged[key] = np.concatenate(parts, axis=0)
     return merged, padded_size
+
+
+def _merged_bytes(params: BatchingParameters, tasks: list[_Task]) -> int:
+    """The bytes `_merge` would make of these tasks' inputs (padded, and filled up to an allowed batch
+    size), counted as tensors.decoded_bytes counts a request's; without making them."""
+    total = sum(task.size for task in tasks)
+    padded_size = next((s for s in params.allowed_batch_sizes if s >= total), total)
+    nbytes = 0
+    for key in tasks[0].inputs:
+        parts = [task.inputs[key] for task in tasks]
+        row_elements = math.prod(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
+        first_row = 0
+        for part in parts:
+            if part.dtype == object:  # padding repeats the part's first element
+                fill = STRING_ELEMENT_BYTES + (len(part.flat[0]) if part.size else 0)
+                part_bytes = decoded_bytes(part) + (part.shape[0] * row_elements - part.size) * fill
+            else:
+                part_bytes = part.shape[0] * row_elements * part.itemsize
+            first_row = first_row or part_bytes // max(1, part.shape[0])
+            nbytes += part_bytes
+        nbytes += (padded_size - total) * first_row
+    return nbytes
 
 
 def _pad_to(value: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
