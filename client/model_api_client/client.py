@@ -84,7 +84,7 @@ class ModelApiClient:
         return _sentiment(self._post_json("/lstm", {"line": text}))
 
     def sentiments(self, texts: list[str]) -> list[Sentiment]:
-        """Several texts in one request (and one model call)."""
+        """Several texts in one request (and one model call for texts of similar length)."""
         return [_sentiment(answer) for answer in self._post_json("/lstm", {"lines": list(texts)})["results"]]
 
     def saliency(self, image: bytes | str | Path) -> SaliencyMask:

@@ -106,6 +106,40 @@ def test_a_full_batch_leaves_without_waiting():
     assert decision.release.reason == "full" and len(decision.release.entries) == 4
 
 
+def test_a_batch_holds_one_group_taken_in_arrival_order_from_the_oldest():
+    """Issue 33: examples padded to a batch's longest (text-api's length classes) share calls only
+    with their own group; the others keep their places for the next batch."""
+    queue = BatchQueue(max_batch_size=3, latency=learnt(2 * MS, 0))
+    groups = ["short", "long", "short", "short", "long", "short"]
+    queue.admit([_Pending(index, 11.0, 10.0, group=group) for index, group in enumerate(groups)], 10.0)
+    first = queue.decide(10.0).release
+    assert [entry.item for entry in first.entries] == [0, 2, 3] and first.reason == "full"
+    assert [entry.item for entry in queue.queued] == [1, 4, 5]
+    second = queue.decide(10.0).release
+    assert [entry.item for entry in second.entries] == [1, 4]
+    assert [entry.item for entry in queue.queued] == [5]
+
+
+def test_the_microbatcher_groups_items_by_group_of():
+    calls = []
+
+    def model(items, deadline):
+        calls.append(sorted(items))
+        time.sleep(0.01)
+        return [item * 2 for item in items]
+
+    batcher = MicroBatcher(model, BatchQueue(max_batch_size=16), group_of=lambda item: item >= 100)
+    results = []
+    threads = [threading.Thread(target=lambda v=v: results.append(batcher.submit(v, time.monotonic() + 5)))
+               for v in ([1, 100], [2, 3], [200], [4])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(map(tuple, results)) == [(2, 200), (4, 6), (8,), (400,)]
+    assert all(all(item < 100 for item in call) or all(item >= 100 for item in call) for call in calls), calls
+
+
 def test_a_batch_leaves_early_when_waiting_would_make_its_most_urgent_member_late():
     queue = BatchQueue(max_window=5 * MS, margin=1 * MS, latency=learnt(4 * MS, 0, at=10.0205))  # window 4 ms
     arrivals(queue, [10.0 + i * 0.5 * MS for i in range(40)], deadline_after=1.0)

@@ -19,7 +19,8 @@ class OneLine(Strict):
 
 
 class ManyLines(Strict):
-    lines: Annotated[list[Text], Field(min_length=1, description="answered with one model call"),
+    lines: Annotated[list[Text], Field(min_length=1, description="answered together: one model call for texts of "
+                                                                   "a length class"),
                      *at_most(TextApiSettings, "max_lines", "too_many_lines", "lines")]
 
 
@@ -27,8 +28,13 @@ LinesBody = exactly_one_of(line=OneLine, lines=ManyLines)
 
 
 class LineQuery(Strict):
-    line: Annotated[Base64Text, not_blank("empty_text", "has no words after segmentation"),
-                    Field(description="URL-safe base64 of the text's UTF-8 bytes")]
+    # The limit applies to the decoded text, as in a body; the document cannot state it as a length of
+    # the base64, so its description does.
+    line: Annotated[Base64Text, *at_most(TextApiSettings, "max_text_chars", "text_too_long", "characters",
+                                         documented=False),
+                    not_blank("empty_text", "has no words after segmentation"),
+                    Field(description="URL-safe base64 of the text's UTF-8 bytes; the text has at most "
+                                      f"{TextApiSettings.max_text_chars:,} characters")]
 
 
 class LegacyLine(Strict):

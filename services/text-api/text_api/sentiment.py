@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from model_preprocessing.text import load_dictionary, pad_batch
-from service_kit.core.model_endpoint import InvalidInput, Prediction, UnusableInput
+from service_kit.core.model_endpoint import InputTooLarge, InvalidInput, Prediction, UnusableInput
 from service_kit.core.service import ModelService
 from service_kit.http.contract import QUERY, Operation, Reply
 from text_api.schemas import (
@@ -26,7 +26,9 @@ from text_api.settings import TextApiSettings
 from tfserving_client import ModelServerClient
 
 JSON = "application/json"
-_TEXT_ERRORS = (413, 422)  # too long or too many; no words
+# Texts of up to 2**SHORT_TEXT_BITS words share one length class (batch_group).
+SHORT_TEXT_BITS = 7
+_TEXT_ERRORS = (413, 422)  # too long, too many lines or words; no words
 _LEGACY = ("The legacy `/predict` form existing clients call (the source documents' API): its route and reply "
            "shape; the body is read as JSON whatever its Content-Type says.")
 
@@ -36,7 +38,7 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
 
     settings_class = TextApiSettings
     operations = (
-        Operation("POST", "/lstm", 'The sentiment of one text (`{"line": ...}`) or of several in one model call '
+        Operation("POST", "/lstm", 'The sentiment of one text (`{"line": ...}`) or of several in one request '
                   '(`{"lines": [...]}`)', {JSON: LinesBody}, {JSON: SentimentAnswer | SentimentsAnswer}, _TEXT_ERRORS),
         Operation("GET", "/lstm", "The sentiment of one text, in the URL", {QUERY: LineQuery},
                   {JSON: SentimentAnswer}, _TEXT_ERRORS),
@@ -63,10 +65,19 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
 
     def prepare(self, texts: list[str], deadline: float) -> list[list[str]]:
         sentences = self.segmenter.segment_all(texts, deadline)
+        limit = self.settings.max_text_words
         for index, words in enumerate(sentences):
             if not words:
                 raise UnusableInput("empty_text", f"{_where(index, texts)} has no words after segmentation")
+            if len(words) > limit:  # its batch would be padded to its length (TextApiSettings.max_text_words)
+                raise InputTooLarge("too_many_words", f"{_where(index, texts)} has {len(words)} words after "
+                                    f"segmentation; the limit is {limit}")
         return sentences
+
+    def batch_group(self, words: list[str]) -> int:
+        """Texts of up to 128 words (97% of the training reviews) share calls; longer ones go with texts
+        of their own power-of-two length class, so that padding at most doubles any text's length."""
+        return max(0, (len(words) - 1).bit_length() - SHORT_TEXT_BITS)
 
     def to_inputs(self, sentences: list[list[str]]) -> dict[str, np.ndarray]:
         words, nwords = pad_batch(sentences)

@@ -14,7 +14,8 @@ from text_api.settings import TextApiSettings
 
 @pytest.fixture
 def client(text_client_fake):
-    app = service_app(SentimentService, TextApiSettings(max_text_chars=50, max_lines=3), client=text_client_fake)
+    app = service_app(SentimentService, TextApiSettings(max_text_chars=50, max_lines=3, max_text_words=20),
+                      client=text_client_fake)
     return app.test_client()
 
 
@@ -46,6 +47,15 @@ def test_several_lines_are_one_model_call(client, text_client_fake):
     assert len(text_client_fake.calls) == 1
     words, nwords = text_client_fake.calls[0]["inputs"]["words"], text_client_fake.calls[0]["inputs"]["nwords"]
     assert words.shape == (3, max(nwords)) and words[0, 1] == b"<pad>"
+
+
+def test_a_long_text_is_not_batched_with_short_ones(text_client_fake):
+    """Issue 33: a call is padded to its longest text; a text of 300 words goes in a call of its own
+    length class, and the short ones of the same request share theirs."""
+    app = service_app(SentimentService, TextApiSettings(), client=text_client_fake)
+    reply = app.test_client().post("/lstm", json={"lines": ["喜欢", "，" * 299 + "好", "太差了"]})
+    assert reply.status_code == 200 and [r["label"] for r in reply.json["results"]] == ["POS", "NEG", "NEG"]
+    assert sorted(call["inputs"]["words"].shape for call in text_client_fake.calls) == [(1, 300), (2, 2)]
 
 
 def test_a_lone_surrogate_is_a_400_not_a_failed_batch(client, text_client_fake):
@@ -87,6 +97,9 @@ def test_the_legacy_routes_keep_their_reply_shape(client):
     ({"data": "line=hello", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
     ({"json": {"line": "好" * 51}}, 413, "text_too_long"),
     ({"json": {"lines": ["好"] * 4}}, 413, "too_many_lines"),
+    # jieba makes a word of each comma: 21 words in 21 characters, over the 20 words a text may have.
+    ({"json": {"line": "，" * 21}}, 413, "too_many_words"),
+    ({"json": {"lines": ["好", "很好，" * 7]}}, 413, "too_many_words"),
     ({"json": {"line": "   \n\t "}}, 422, "empty_text"),
     ({"json": {"line": ""}}, 422, "empty_text"),
 ])
@@ -111,11 +124,19 @@ def test_json_that_only_the_standard_parser_takes_is_still_taken(client, body):
     ("?line=%%%", 400, "invalid_base64"),
     ("?line=" + base64.urlsafe_b64encode(b"\xff\xfe").decode(), 400, "invalid_utf8"),
     ("?line=", 422, "empty_text"),
+    # The text limit holds in the URL too (issue 33: 40,000 commas there were answered, after 0.9 s of a worker).
+    ("?line=" + b64("好" * 51), 413, "text_too_long"),
+    ("?line=" + b64("，" * 21), 413, "too_many_words"),
 ])
-def test_bad_gets_get_json_errors(client, query, status, code):
+def test_bad_gets_get_json_errors(client, text_client_fake, query, status, code):
     for path in ("/lstm", "/lstm/predict"):
         reply = client.get(path + query)
         assert (reply.status_code, reply.json["error"]["code"]) == (status, code), path
+    assert not text_client_fake.calls, "a refused request never reaches the model"
+
+
+def test_a_text_at_the_word_limit_is_answered(client):
+    assert client.post("/lstm", json={"line": "，" * 19 + "好"}).status_code == 200
 
 
 def test_unknown_route_and_wrong_method(client):

@@ -22,7 +22,11 @@ a made-up clock):
 - a member that can no longer make its deadline is dropped before the call (`expired`), and a
   caller whose deadline passes stops waiting (`BatchDeadlineExceeded`): no answer after the deadline;
 - a member whose caller is gone (`abandoned()`: its client closed the connection) is dropped as its
-  batch leaves, unsent (`client_gone`).
+  batch leaves, unsent (`client_gone`);
+- a batch holds examples of one group only (`group_of`, the service's `batch_group`: text-api's is a
+  length class), taken in arrival order from the oldest example's group: a model's input is padded to
+  its longest member, and one text of 1,500 words in a batch of 64 short reviews made each of them cost
+  what that text costs.
 
 The model's latency is learnt from the calls themselves (`LatencyModel`: seconds ~ fixed +
 per_example x batch size, recent calls weighing most), as BentoML's adaptive batching does.
@@ -42,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from service_kit.core.deadlines import fade
@@ -127,12 +131,13 @@ class LatencyModel:
 
 
 class _Pending(Generic[Item, Result]):
-    __slots__ = ("abandoned", "deadline", "dispatched_at", "done", "enqueued_at", "error", "item", "request",
-                 "result")
+    __slots__ = ("abandoned", "deadline", "dispatched_at", "done", "enqueued_at", "error", "group", "item",
+                 "request", "result")
 
     def __init__(self, item: Item, deadline: float, now: float, request: object = None,
-                 abandoned: Callable[[], bool] | None = None):
+                 abandoned: Callable[[], bool] | None = None, group: Hashable = None):
         self.item = item
+        self.group = group  # only examples of one group share a batch
         self.request = request  # the examples of one request share it
         self.abandoned = abandoned  # () -> whether the caller is gone (the request's, shared too)
         self.deadline = deadline
@@ -239,8 +244,8 @@ class BatchQueue:
         self.queued = kept
         if not self.queued:
             return decision
-        size = min(self.max_batch_size, len(self.queued))
-        batch_view = list(self.queued)[:size]
+        batch_view = self._next_members()
+        size = len(batch_view)
         latest_start = min(entry.deadline for entry in batch_view) - self.latency.estimate(size, now) - self.margin
         window_ends = batch_view[0].enqueued_at + self.window()
         if size == self.max_batch_size:
@@ -254,8 +259,24 @@ class BatchQueue:
         else:
             decision.wake_at = min(latest_start, window_ends)
             return decision
-        decision.release = Release([self.queued.popleft() for _ in range(size)], reason)
+        if batch_view[-1] is self.queued[size - 1]:  # the oldest examples, as when all share a group
+            decision.release = Release([self.queued.popleft() for _ in range(size)], reason)
+        else:
+            members = set(map(id, batch_view))
+            self.queued = collections.deque(entry for entry in self.queued if id(entry) not in members)
+            decision.release = Release(batch_view, reason)
         return decision
+
+    def _next_members(self) -> list[_Pending]:
+        """The next batch's members: the oldest example's group, in arrival order, up to a full batch."""
+        group = self.queued[0].group
+        members = []
+        for entry in self.queued:
+            if entry.group == group:
+                members.append(entry)
+                if len(members) == self.max_batch_size:
+                    break
+        return members
 
     def started(self, release: Release, now: float) -> float:
         """A call begins; returns its predicted end."""
@@ -275,9 +296,11 @@ class MicroBatcher(Generic[Item, Result]):
     with whatever other requests of this process queued at the same time."""
 
     def __init__(self, run_batch: Callable[[list[Item], float], Sequence[Result]], rules: BatchQueue | None = None,
-                 observer: BatchObserver | None = None, clock: Callable[[], float] = time.monotonic):
+                 observer: BatchObserver | None = None, clock: Callable[[], float] = time.monotonic,
+                 group_of: Callable[[Item], Hashable] | None = None):
         self.run_batch = run_batch  # (items, the latest deadline among them) -> results
         self.rules = rules or BatchQueue()
+        self.group_of = group_of  # item -> its group; only items of one group share a batch (None: all do)
         self.observer = observer
         self.clock = clock
         self.observer_failures = 0  # calls to the observer that raised (the first is logged)
@@ -307,7 +330,9 @@ class MicroBatcher(Generic[Item, Result]):
         self._ensure_loops()
         now = self.clock()
         request = object()
-        pending = [_Pending(item, deadline, now, request, abandoned) for item in items]
+        group_of = self.group_of
+        pending = [_Pending(item, deadline, now, request, abandoned, group_of(item) if group_of else None)
+                   for item in items]
         with self._changed:
             try:
                 self.rules.admit(pending, now)

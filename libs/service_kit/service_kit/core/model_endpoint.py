@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -60,7 +60,8 @@ class ModelEndpoint(Generic[Example, Output]):
                                max_window=settings.model_batch_window_max_ms / 1000,
                                margin=settings.model_deadline_margin_ms / 1000,
                                coalesce_only=settings.model_batching == "coalesce")
-            self.batcher = MicroBatcher(self._predict_batch, rules, metrics.BatchMetrics(settings.model_name))
+            self.batcher = MicroBatcher(self._predict_batch, rules, metrics.BatchMetrics(settings.model_name),
+                                        group_of=self.batch_group)
 
     def to_inputs(self, examples: list[Example]) -> dict[str, np.ndarray]:
         """A batch of prepared examples as the signature's input tensors."""
@@ -69,6 +70,11 @@ class ModelEndpoint(Generic[Example, Output]):
     def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[Output]:
         """The signature's output tensors for a batch of `count` examples, one result per example."""
         raise NotImplementedError
+
+    def batch_group(self, example: Example) -> Hashable:
+        """Only examples of one group share a model call: for inputs padded to a batch's longest
+        member, a length class. One group by default."""
+        return None
 
     def predicted_seconds(self, now: float) -> float:
         """How long a request arriving now would take to be answered: preparing it, then the

@@ -109,7 +109,8 @@ def _utf8(data: bytes) -> str:
 
 
 # Base64, standard or URL-safe, padding optional: groups of four, then two or three more.
-_BASE64 = WithJsonSchema({"type": "string", "contentEncoding": "base64",
+# Never empty: what an empty value stands for (no text, no image) is refused (422).
+_BASE64 = WithJsonSchema({"type": "string", "contentEncoding": "base64", "minLength": 1,
                           "pattern": r"^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$"})
 # Bytes sent as base64 text (JSON fields, query parameters).
 Base64Bytes = Annotated[bytes, BeforeValidator(_from_base64), _BASE64]
@@ -117,9 +118,10 @@ Base64Bytes = Annotated[bytes, BeforeValidator(_from_base64), _BASE64]
 Base64Text = Annotated[str, BeforeValidator(lambda value: _utf8(_from_base64(value))), _BASE64]
 
 
-def at_most(settings_class: type, setting: str, code: str, what: str) -> Any:
+def at_most(settings_class: type, setting: str, code: str, what: str, documented: bool = True) -> list[Any]:
     """A length limit a deployment configures (`settings.<setting>`), over which the answer is 413
-    `code`; the document states the default."""
+    `code`; the document states the default (unless not `documented`: a limit on a decoded value,
+    which the schema of its encoding cannot state)."""
     default = next(f.default for f in dataclasses.fields(settings_class) if f.name == setting)
 
     def check(value: Any, info: ValidationInfo) -> Any:
@@ -128,6 +130,8 @@ def at_most(settings_class: type, setting: str, code: str, what: str) -> Any:
             raise refuse(code, f"has {len(value)} {what}; the limit is {limit}", 413)
         return value
 
+    if not documented:
+        return [AfterValidator(check)]
     keyword = "maxLength" if what == "characters" else "maxItems"
     return [AfterValidator(check), Field(json_schema_extra={keyword: default})]
 

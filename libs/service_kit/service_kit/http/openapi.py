@@ -28,8 +28,8 @@ _KIT_ERRORS = {
     504: "the model did not answer within the request's deadline (`model_timeout`)",
 }
 _OWN_ERRORS = {
-    413: "an input over a limit (`text_too_long`, `too_many_lines`, `image_too_large`, `too_many_scans`, "
-         "`image_too_costly`)",
+    413: "an input over a limit (`text_too_long`, `too_many_lines`, `too_many_words`, `image_too_large`, "
+         "`too_many_scans`, `image_too_costly`)",
     415: "a body of another media type (`unsupported_media_type`), or not an image (`not_an_image`)",
     422: "well-formed but unusable: no words after segmentation (`empty_text`), an empty or 0-pixel image "
          "(`empty_image`)",
