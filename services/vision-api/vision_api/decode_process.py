@@ -11,11 +11,17 @@ in a thread: bench/results/decode_guard.md.
 The child turns the image's bytes into the model's input (320x320x3 float32, 1.2 MB), so only that
 comes back; the full-size pixels never exist in the worker. Messages over a socket pair: a header
 (JSON) and a payload, each preceded by its length.
+
+A caller whose deadline comes first stops waiting; its child finishes the image within the image's
+own time limit, off the request path (DecodePool drains it), and keeps its memory share until then.
+Costly images (their header predicts a long decode) may hold all but one of a worker's children, so
+a normal photo never waits seconds behind them (issue 33).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,9 +32,10 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -41,6 +48,13 @@ log = logging.getLogger(__name__)
 
 _LENGTHS = struct.Struct("!II")  # header bytes, payload bytes
 _READY = b"R"
+# What a reply may be: a header of at most this, and a payload of nothing (an error) or one example.
+# Lengths read out of step (a reply's bytes taken for its lengths) are refused before anything is
+# allocated for them: once, 1.37 GB was.
+MAX_REPLY_HEADER_BYTES = 64 * 1024
+EXAMPLE_BYTES = MODEL_SIZE * MODEL_SIZE * 3 * np.dtype(np.float32).itemsize
+# Once a reply's lengths have come, the rest (1.2 MB, several socket reads) gets at least this long.
+REST_OF_REPLY_SECONDS = 1.0
 _ERRORS = {kind.__name__: kind for kind in (InvalidInput, InputTooLarge, UnsupportedInput, UnusableInput)}
 # What a child holds beyond the image's own share while decoding: the interpreter's heap growing,
 # allocator slack, OpenCV's buffers for one row of work.
@@ -71,7 +85,7 @@ class DecodeProcess:
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, env=self.environment)
         self.socket = ours
         self.ready = False  # the child says so once it has imported OpenCV
-        self._abandoned_until: float | None = None  # a job whose caller stopped waiting ends by then
+        self.abandoned: _Abandoned | None = None  # a job whose caller stopped waiting, still in the child
         # A pool dropped without close() (a test's app) must not leave its child behind.
         self._finalizer = weakref.finalize(self, _stop, self.process, ours)
 
@@ -91,14 +105,20 @@ class DecodeProcess:
             raise Busy("this worker's image decoder failed to start; retry shortly") from None
 
     def prepare(self, data: bytes, header: ImageHeader, memory_bytes: int, time_limit: float,
-                wait_seconds: float | None = None) -> np.ndarray:
+                wait_seconds: float | None = None,
+                keep_memory: Callable[[], Callable[[], None]] | None = None) -> np.ndarray:
         """The model input of an image whose header was read and checked, or the InputError the
         child found. Past `time_limit` the child is killed (TimeoutError); past `memory_bytes` it
         fails (InputTooLarge). A caller that waits less (`wait_seconds`: its deadline) gets
-        CallerGaveUp then, and the child finishes that image in its own time, its answer thrown
-        away by whoever uses it next: a decode within its limits is not killed for the caller's haste."""
-        assert self.socket is not None and self.ready
-        self._finish_abandoned()
+        CallerGaveUp then; the child finishes that image in its own time (`finish_abandoned`), and
+        `keep_memory()` is called to keep the image's memory share counted until it has (it returns
+        what releases it). A decode within its limits is not killed for the caller's haste; a caller
+        with no time left sends nothing."""
+        if wait_seconds is not None and wait_seconds <= 0:
+            raise CallerGaveUp("the request's deadline passed before its image was sent to be decoded")
+        self.finish_abandoned()  # DecodePool hands out no child with an abandoned image; used alone, wait here
+        self.wait_ready(time_limit if wait_seconds is None else wait_seconds)  # a replaced child says so first
+        assert self.socket is not None
         job = {"flags": decode_flags(header, MODEL_SIZE), "orientation": header.orientation, "kind": header.kind,
                "memory_bytes": memory_bytes, "seconds": time_limit}
         header_bytes = json.dumps(job).encode()
@@ -114,9 +134,8 @@ class DecodeProcess:
             except TimeoutError:
                 if wait >= time_limit:
                     raise
-                self._abandoned_until = started + time_limit
+                self.abandoned = _Abandoned(started + time_limit, keep_memory() if keep_memory else None)
                 raise CallerGaveUp("the request's deadline passed while its image was decoded") from None
-            self.socket.settimeout(1.0)  # the rest is on its way: the child sends its answer in one go
             reply, payload = self._reply(lengths)
         except CallerGaveUp:
             raise
@@ -124,31 +143,38 @@ class DecodeProcess:
             self.replace(f"an image took more than {time_limit:g} s")
             raise
         except (OSError, ConnectionError, ValueError, KeyError) as error:  # the child died under the image
-            self.replace(f"it died decoding an image ({type(error).__name__})")
+            self.replace(f"it died decoding an image ({type(error).__name__}: {error})")
             raise InputTooLarge("image_too_costly", "decoding the image took more memory than its share; "
                                 "send a smaller or simpler image") from None
         if "error" in reply:
             raise _ERRORS[reply["error"]](reply["code"], reply["message"])
         return np.frombuffer(payload, dtype=reply["dtype"]).reshape(reply["shape"])
 
-    def _reply(self, lengths: bytes | None = None) -> tuple[dict, bytes | bytearray]:
+    def _reply(self, lengths: bytes) -> tuple[dict, bytes | bytearray]:
+        """The rest of a reply whose lengths came: checked before anything is allocated for them."""
         assert self.socket is not None
-        lengths = lengths or _receive(self.socket, _LENGTHS.size)
-        reply = json.loads(_receive(self.socket, _LENGTHS.unpack(lengths)[0]))
-        return reply, _receive(self.socket, reply["payload_bytes"])
+        header_bytes, payload_bytes = _LENGTHS.unpack(lengths)
+        if header_bytes > MAX_REPLY_HEADER_BYTES or payload_bytes not in (0, EXAMPLE_BYTES):
+            raise ValueError(f"a reply of {header_bytes} + {payload_bytes} bytes is no decoder's reply")
+        self.socket.settimeout(max(self.socket.gettimeout() or 0.0, REST_OF_REPLY_SECONDS))
+        reply = json.loads(_receive(self.socket, header_bytes))
+        return reply, _receive(self.socket, payload_bytes)
 
-    def _finish_abandoned(self) -> None:
-        """Wait out (and drop) the answer to an image its caller stopped waiting for; past that
-        image's own time limit, the child is killed."""
-        if self._abandoned_until is None:
+    def finish_abandoned(self) -> None:
+        """Wait out (and drop) the answer to an image its caller stopped waiting for, then release
+        its memory share; past that image's own time limit the child is killed and replaced."""
+        abandoned, self.abandoned = self.abandoned, None
+        if abandoned is None:
             return
         assert self.socket is not None
-        self.socket.settimeout(max(0.001, self._abandoned_until - time.monotonic()))
         try:
-            self._reply()
+            self.socket.settimeout(max(0.001, abandoned.until - time.monotonic()))
+            self._reply(_receive(self.socket, _LENGTHS.size))
         except (OSError, ConnectionError, ValueError, KeyError) as error:  # TimeoutError is an OSError
             self.replace(f"an image whose caller gave up was not done in its time ({type(error).__name__})")
-        self._abandoned_until = None
+        finally:
+            if abandoned.release is not None:
+                abandoned.release()
 
     def replace(self, reason: str) -> None:
         """Kill the child and start another (it imports OpenCV meanwhile, in parallel)."""
@@ -161,34 +187,66 @@ class DecodeProcess:
         self.process = self.socket = None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Abandoned:
+    until: float  # the image's own time limit: past it, its child is killed
+    release: Callable[[], None] | None  # what frees the image's memory share once the child is done
+
+
 class DecodePool:
     """`size` children per worker; a request waits for a free one until its deadline (Busy).
+    Costly images may hold at most `size - 1` children at once (all of them when there is one), so
+    that the others' decodes wait for a cheap decode at most. A child whose caller gave up goes back
+    to the pool once it has finished that image (a drain of its own, off the request path).
     Children are started lazily, in the process that uses them (gunicorn forks workers)."""
 
     def __init__(self, size: int, max_image_pixels: int):
         self.size = size
         self.max_image_pixels = max_image_pixels
+        self._children: list[DecodeProcess] = []
         self._idle: queue.LifoQueue[DecodeProcess] = queue.LifoQueue()
+        self._costly_slots = threading.BoundedSemaphore(max(1, size - 1))
         self._started_in: int | None = None
 
     def start(self) -> None:
         if self._started_in != os.getpid():
             self._idle = queue.LifoQueue()
-            for _ in range(self.size):
-                self._idle.put(DecodeProcess(self.max_image_pixels))
+            self._costly_slots = threading.BoundedSemaphore(max(1, self.size - 1))
+            self._children = [DecodeProcess(self.max_image_pixels) for _ in range(self.size)]
+            for child in self._children:
+                self._idle.put(child)
             self._started_in = os.getpid()
 
     @contextlib.contextmanager
-    def process(self, wait_seconds: float) -> Iterator[DecodeProcess]:
+    def process(self, wait_seconds: float, costly: bool = False) -> Iterator[DecodeProcess]:
         self.start()
+        deadline = time.monotonic() + wait_seconds
+        if costly and not self._costly_slots.acquire(timeout=max(0.0, wait_seconds)):
+            raise Busy("this worker's image decoders are busy with other large or complex images; retry shortly")
         try:
-            child = self._idle.get(timeout=max(0.0, wait_seconds))
+            child = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
+            if costly:
+                self._costly_slots.release()
             raise Busy("every image decoder of this worker is busy; retry shortly") from None
         try:
             yield child
         finally:
-            self._idle.put(child)
+            if child.abandoned is not None:
+                threading.Thread(target=self._drain, args=(child, costly), name="decode-drain", daemon=True).start()
+            else:
+                self._give_back(child, costly)
+
+    def _drain(self, child: DecodeProcess, costly: bool) -> None:
+        try:
+            child.finish_abandoned()
+        finally:
+            self._give_back(child, costly)
+
+    def _give_back(self, child: DecodeProcess, costly: bool) -> None:
+        self._idle.put(child)
+        if costly:
+            self._costly_slots.release()
 
     def wait_ready(self, seconds: float) -> None:
         """Start the children if need be and wait until each can decode (Busy past `seconds`)."""
@@ -197,8 +255,9 @@ class DecodePool:
             child.wait_ready(seconds)
 
     def close(self) -> None:
-        while not self._idle.empty():
-            self._idle.get_nowait().close()
+        for child in self._children:
+            child.close()
+        self._children = []
 
 
 def _stop(process: subprocess.Popen, sock: socket.socket) -> None:

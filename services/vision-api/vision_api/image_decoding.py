@@ -64,6 +64,18 @@ class ImageHeader:
             return 1
         return next((f for f in (8, 4, 2) if min(self.width, self.height) >= f * min_side), 1)
 
+    def decode_seconds(self, min_side: int = 0) -> float:
+        """About how long the decoding child takes for this image on one core, from the 12 MP
+        timings of bench/results/decode_guard.md (the larger per pixel of its two sizes): libjpeg's
+        entropy decoding passes over every coefficient once a scan, however far it reduces, and its
+        IDCT works at the reduced size; the other decoders' work follows their samples."""
+        megapixels = self.pixels / 1e6
+        if self.kind == "JPEG":
+            entropy = megapixels * self.scans * JPEG_SECONDS_PER_SCAN_MEGAPIXEL
+            return entropy + megapixels / self.jpeg_reduction(min_side) ** 2 * DECODE_SECONDS_PER_MEGAPIXEL["JPEG"]
+        samples = self.sample_bytes * self.channels / 3 if self.kind == "PNG" else 1
+        return megapixels * samples * DECODE_SECONDS_PER_MEGAPIXEL[self.kind]
+
     def working_bytes(self, min_side: int = 0) -> int:
         """Peak bytes of handling this image, in two steps that never overlap: decoding it (in the
         decoding child: the decoded pixels, an 8-bit copy of 16-bit ones with alpha (see
@@ -85,6 +97,10 @@ class ImageHeader:
 # OpenCV's GIF decoder: the LZW output (1 byte) and a BGRA canvas (4) it copies out of; libwebp: the
 # RGBA picture (4) OpenCV converts into its BGR(A) one. PNG, BMP and baseline JPEG decode in place.
 DECODER_BYTES_PER_PIXEL = {"GIF": 5, "WebP": 4}
+# Decoding time per megapixel decoded (PNG's per 8-bit RGB megapixel) on the machine this is developed on
+# (ImageHeader.decode_seconds), and libjpeg's entropy decoding per scan of a megapixel.
+DECODE_SECONDS_PER_MEGAPIXEL = {"JPEG": 0.013, "PNG": 0.012, "GIF": 0.023, "WebP": 0.015, "BMP": 0.020}
+JPEG_SECONDS_PER_SCAN_MEGAPIXEL = 0.0012
 
 
 def read_header(data: bytes) -> ImageHeader:

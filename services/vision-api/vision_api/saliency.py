@@ -34,6 +34,7 @@ class Image:
     data: bytes  # the file
     header: ImageHeader
     working_bytes: int  # what decoding and answering it hold (reserved from the image share)
+    costly: bool  # its decode is predicted to be long (VisionApiSettings.costly_decode_ms)
 
 
 JSON, PNG = "application/json", "image/png"
@@ -92,7 +93,7 @@ class SaliencyService(ModelService[Image, np.ndarray, np.ndarray]):
             raise InputTooLarge("image_too_large", f"the image is {header.describe()}: {_mb(needed)} MB to "
                                 f"process, more than the {_mb(self.images.capacity)} MB a worker has for images; "
                                 f"at most about {self.max_pixels(header)} pixels of this kind")
-        return [Image(data, header, needed)]
+        return [Image(data, header, needed, header.decode_seconds(MODEL_SIZE) * 1000 > self.settings.costly_decode_ms)]
 
     def holding(self, images: list[Image], deadline: float) -> contextlib.AbstractContextManager:
         return self._reserved(self.images, sum(image.working_bytes for image in images),
@@ -144,17 +145,25 @@ class SaliencyService(ModelService[Image, np.ndarray, np.ndarray]):
 
     def _example(self, image: Image, deadline: float) -> np.ndarray:
         """The model input, made by a decoding child within the image's memory share and
-        DECODE_TIMEOUT_SECONDS; the request waits for it until its deadline (then 504)."""
+        DECODE_TIMEOUT_SECONDS; the request waits for it until its deadline (then 504). A request
+        whose deadline has passed sends nothing to decode; one whose deadline passes mid-decode
+        leaves the image's memory share counted until its child is done with it."""
         def remaining() -> float:
             return deadline - time.monotonic()
 
-        with self.decoders.process(wait_seconds=remaining()) as decoder:
+        def expired() -> BatchDeadlineExceeded:
+            return BatchDeadlineExceeded("the request's deadline passed while its image was decoded")
+
+        if remaining() <= 0:
+            raise expired()
+        with self.decoders.process(wait_seconds=remaining(), costly=image.costly) as decoder:
             decoder.wait_ready(remaining())
             try:
                 return decoder.prepare(image.data, image.header, image.working_bytes,
-                                       self.settings.decode_timeout_seconds, wait_seconds=remaining())
+                                       self.settings.decode_timeout_seconds, wait_seconds=remaining(),
+                                       keep_memory=lambda: self.images.extend(image.working_bytes))
             except CallerGaveUp:
-                raise BatchDeadlineExceeded("the request's deadline passed while its image was decoded") from None
+                raise expired() from None
             except TimeoutError:
                 raise InputTooLarge("image_too_costly", f"decoding the image took more than "
                                     f"{self.settings.decode_timeout_seconds:g} s; send a smaller or simpler "
@@ -167,7 +176,7 @@ class SaliencyService(ModelService[Image, np.ndarray, np.ndarray]):
         return list(outputs["img_out"])
 
 
-# The decoding children's start (create the app waits for it).
+# The decoding children's start (setup() waits for it).
 DECODERS_START_SECONDS = 60
 # OpenCV's own limit on a side (CV_IO_MAX_IMAGE_WIDTH and _HEIGHT): past it imread refuses.
 MAX_IMAGE_SIDE = 1 << 20

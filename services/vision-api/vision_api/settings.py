@@ -26,9 +26,14 @@ class VisionApiSettings(ServiceSettings):
     # instance's memory (image_memory_budget_bytes). Requests past it wait, then 503.
     image_memory_budget_mb: int = env("IMAGE_MEMORY_BUDGET_MB", 0)
     # Images are decoded in child processes of the worker (vision_api.decode_process): this many
-    # per worker, each decode killed past this many seconds (or the request's deadline, if nearer).
-    decode_processes: int = env("DECODE_PROCESSES", 1)
+    # per worker, each decode killed past this many seconds (a caller whose deadline is nearer stops
+    # waiting; its child finishes the image, or is killed, off the request path).
+    decode_processes: int = env("DECODE_PROCESSES", 2)
     decode_timeout_seconds: float = env("DECODE_TIMEOUT_SECONDS", 5.0)
+    # An image whose header predicts a longer decode than this (ImageHeader.decode_seconds) is costly:
+    # costly images hold at most DECODE_PROCESSES - 1 of a worker's children at once, so that a normal
+    # photo waits for a normal photo's decode at most, never seconds behind a 40 MP GIF.
+    costly_decode_ms: float = env("COSTLY_DECODE_MS", 100.0)
     # libjpeg decodes each scan of a progressive JPEG over the whole image: 10,000 scans of 28 bytes
     # each took 30 s. Encoders write 10 (colour), 6 (gray) or 24 (CMYK) with libjpeg's scripts.
     max_jpeg_scans: int = env("MAX_JPEG_SCANS", 32)

@@ -129,6 +129,22 @@ def test_images_past_the_memory_budget_wait_then_get_a_503(vision_client_fake):
     assert images.used == 0
 
 
+def test_an_image_answered_504_mid_decode_keeps_its_memory_share_until_its_child_is_done(vision_client_fake):
+    """Issue 33: the share was released at the 504 while the decoding child still held the memory."""
+    app = service_app(SaliencyService, VisionApiSettings(image_memory_budget_mb=256), client=vision_client_fake)
+    images = app.extensions["service"].images
+    slow = crafted_images.many_scan_jpeg(26, 6000, 4500)  # about 0.5 s
+    reply = app.test_client().post("/cv_sod", data=slow, content_type="image/jpeg",
+                                   headers={"X-Request-Timeout-Ms": "100"})
+    assert reply.status_code == 504, reply.json
+    assert images.used > 0, "released while the child decodes"
+    deadline = time.monotonic() + 10
+    while images.used:
+        assert time.monotonic() < deadline, "never released"
+        time.sleep(0.02)
+    assert app.test_client().post("/cv_sod", data=IMAGE, content_type="image/png").status_code == 200
+
+
 def test_the_body_share_is_taken_before_the_body_is_read(vision_client_fake, monkeypatch):
     app = service_app(SaliencyService, VisionApiSettings(image_memory_budget_mb=64, model_timeout_seconds=0.05),
                      client=vision_client_fake)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a huge number
@@ -82,6 +82,24 @@ class ByteBudget:
         try:
             yield
         finally:
-            with self._changed:
-                self.used -= nbytes
-                self._changed.notify_all()
+            self._release(nbytes)
+
+    def extend(self, nbytes: int) -> Callable[[], None]:
+        """Keep counting `nbytes` that a reservation covered past its end (memory a helper process
+        still holds for a request that is over), until the returned function is called. Never waits:
+        the memory is in use already; until the reservation ends it is counted twice."""
+        with self._changed:
+            self.used += nbytes
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._release(nbytes)
+
+        return release
+
+    def _release(self, nbytes: int) -> None:
+        with self._changed:
+            self.used -= nbytes
+            self._changed.notify_all()
