@@ -209,17 +209,19 @@ def prometheus_config(specs: list[ServiceSpec]) -> str:
 def start_and_wait(processes: list[SupervisedProcess], timeout: float,
                    stopping: Callable[[], bool] = lambda: False) -> list[SupervisedProcess]:
     """Start everything at once (the API services retry until the model server is up) and wait
-    until each says it is ready; returns those that are not (empty on success)."""
+    until all say they are ready at once, in one pass: one that was ready a moment ago may not be
+    now (an API instance whose channel lost the model server while it started); returns those that
+    are not (empty on success)."""
     started = time.monotonic()
     for process in processes:
         process.start()
-    pending = list(processes)
-    while pending and not stopping() and time.monotonic() - started < timeout:
+    while True:
         for process in processes:
             process.check()
-        pending = [p for p in pending if not p.spec.ready()]
+        pending = [p for p in processes if not p.spec.ready()]
+        if not pending or stopping() or time.monotonic() - started >= timeout:
+            return pending
         time.sleep(0.2)
-    return pending
 
 
 def stop_all(processes: list[SupervisedProcess]) -> None:

@@ -64,6 +64,34 @@ def check_image_routes(url: str) -> None:
     assert as_json.status_code == 200 and as_json.json()["height"] == height
 
 
+def check_every_route_answers(url: str, times: int = 50) -> None:
+    """Each route, `times` times in turn, all 200: what "ready" promises (issue 33: right after
+    `./stack up` said ready, 3 of 5 POSTs to /lstm were 503s from an instance still reconnecting)."""
+    text = base64.urlsafe_b64encode(SENTENCE.encode()).decode()
+    small = base64.urlsafe_b64encode(cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))[1].tobytes()).decode()
+    image = image_bytes()
+    sends = {
+        "POST /lstm": lambda session: session.post(f"{url}/lstm", json={"line": SENTENCE}, timeout=10),
+        "GET /lstm": lambda session: session.get(f"{url}/lstm?line={text}", timeout=10),
+        "POST /lstm/predict": lambda session: session.post(f"{url}/lstm/predict", json={"line": SENTENCE}, timeout=10),
+        "GET /lstm/predict": lambda session: session.get(f"{url}/lstm/predict?line={text}", timeout=10),
+        "POST /cv_sod": lambda session: session.post(f"{url}/cv_sod", data=image, timeout=30,
+                                                     headers={"Content-Type": "image/jpeg"}),
+        "GET /cv_sod": lambda session: session.get(f"{url}/cv_sod?img={small}", timeout=30),
+        "POST /cv_sod/predict": lambda session: session.post(f"{url}/cv_sod/predict", files={"img": image},
+                                                             timeout=30),
+        "GET /cv_sod/predict": lambda session: session.get(f"{url}/cv_sod/predict?img={small}", timeout=30),
+    }
+    failed = {}
+    with requests.Session() as session:
+        for _ in range(times):
+            for route, send in sends.items():
+                reply = send(session)
+                if reply.status_code != 200:
+                    failed.setdefault(route, []).append(f"{reply.status_code} {reply.text[:200]}")
+    assert not failed, failed
+
+
 def check_nginx_refusals_are_json(url: str) -> None:
     index = requests.get(f"{url}/", timeout=5)
     assert index.status_code == 200 and "POST /lstm" in index.json()["routes"]

@@ -72,6 +72,7 @@ def healthy(compose: ComposeProject, container: str) -> bool:
 
 
 def test_every_route_and_the_legacy_forms_through_the_published_port(compose):
+    end_to_end.check_every_route_answers(compose.url)  # first: right after `up --wait` said healthy
     end_to_end.check_text_routes(compose.url)
     end_to_end.check_image_routes(compose.url)
     end_to_end.check_nginx_refusals_are_json(compose.url)

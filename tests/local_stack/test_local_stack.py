@@ -153,11 +153,12 @@ def test_a_model_server_whose_ports_were_taken_moves_and_the_apis_follow(stack):
         end_to_end.check_image_routes(stack.url)
 
 
-def test_down_stops_everything(tmp_path_factory):
+def test_right_after_ready_every_route_answers_and_down_stops_everything(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stack-down")
     stack = Stack(run_dir, free_port())
     try:
         stack.wait_ready()
+        end_to_end.check_every_route_answers(stack.url)
         pids = [service["pid"] for service in stack.state()["services"].values()]
         children = [c.pid for pid in pids for c in psutil.Process(pid).children(recursive=True)]
         result = stack.down()

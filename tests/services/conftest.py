@@ -38,6 +38,10 @@ class FakeModelClient:
         self.fail_with: grpc.StatusCode | None = None
         self.calls: list[dict] = []
 
+    def connection_failing(self) -> bool:
+        """As a channel that cannot reach the model server says, between its attempts to reconnect."""
+        return self.fail_with == grpc.StatusCode.UNAVAILABLE
+
     def predict(self, model_name, inputs, **options) -> PredictResult:
         self.calls.append({"model": model_name, "inputs": inputs, **options})
         if self.fail_with is not None:

@@ -35,6 +35,7 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # known to be unreachable until the next reconnect (a retry only delays the caller's 503).
 # Left: IDLE and CONNECTING, a connection being (re)made.
 _NO_RETRY_STATES = {2, 3, 4}  # READY, TRANSIENT_FAILURE, SHUTDOWN (grpc's connectivity codes)
+_FAILING_STATES = {3, 4}  # TRANSIENT_FAILURE, SHUTDOWN
 
 
 class RetryBudget:
@@ -181,6 +182,11 @@ class ModelServerClient:
             self._observe(method, model_name, started, "OK")
             self.retry_budget.succeeded()
             return response
+
+    def connection_failing(self) -> bool:
+        """Whether the channel knows the model server unreachable right now (it failed to connect,
+        or lost the connection, and backs off before trying again): calls fail at once meanwhile."""
+        return self._pid == os.getpid() and self._connectivity() in _FAILING_STATES
 
     def _connectivity(self) -> int | None:
         """The channel's connectivity state right now (grpc's codes; None if unknown, e.g. a test double)."""

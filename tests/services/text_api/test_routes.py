@@ -182,6 +182,18 @@ def test_health_readiness_and_metrics(client, text_client_fake):
     assert "model_request_batch_size_bucket" in metrics
 
 
+def test_readiness_is_not_repeated_once_the_channel_knows_the_model_server_unreachable(text_client_fake):
+    """Issue 33: a cached "ready" outlived the channel's connection, and the instance answered 503 to
+    every request while its /readyz (and so `./stack up`) said ready."""
+    app = service_app(SentimentService, TextApiSettings(readiness_cache_seconds=60), client=text_client_fake)
+    assert app.test_client().get("/readyz").status_code == 200
+    text_client_fake.fail_with = grpc.StatusCode.UNAVAILABLE  # the connection is lost
+    assert app.test_client().post("/lstm", json={"line": "好"}).status_code == 503
+    assert app.test_client().get("/readyz").status_code == 503
+    text_client_fake.fail_with = None  # reconnected
+    assert app.test_client().get("/readyz").status_code == 503, "a 'not ready' is cached as before"
+
+
 def test_readiness_reports_an_unreachable_model_server(text_client_fake):
     app = service_app(SentimentService, TextApiSettings(readiness_cache_seconds=0), client=text_client_fake)
     text_client_fake.fail_with = grpc.StatusCode.UNAVAILABLE

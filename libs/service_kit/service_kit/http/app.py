@@ -174,7 +174,10 @@ def model_client() -> ModelServerClient:
 
 
 class Readiness:
-    """Is the model AVAILABLE in the model server? Cached briefly: probes and nginx may ask often."""
+    """Is the model AVAILABLE in the model server, over this worker's channel? Cached briefly
+    (probes and nginx may ask often), but a "ready" is not repeated once the channel knows the model
+    server unreachable: its calls fail at once until it reconnects (issue 33: an instance said ready
+    while its channel backed off, and answered 503 to every request)."""
 
     def __init__(self, client: ModelServerClient, settings: ServiceSettings):
         self.client = client
@@ -185,7 +188,8 @@ class Readiness:
 
     def check(self) -> tuple[bool, dict]:
         with self._lock:
-            if time.monotonic() - self._checked_at < self.settings.readiness_cache_seconds:
+            fresh = time.monotonic() - self._checked_at < self.settings.readiness_cache_seconds
+            if fresh and not (self._answer[0] and self.client.connection_failing()):
                 return self._answer
         answer = self._ask()
         with self._lock:
