@@ -29,7 +29,7 @@ def parse_scale(values: list[str]) -> dict[str, int]:
     scale = compose_file.load().replicas  # compose's defaults; --scale overrides them
     for value in values:
         name, _, count = value.partition("=")
-        if name not in scale or not count.isdigit() or int(count) < 1:
+        if name not in scale or not (count.isascii() and count.isdigit()) or int(count) < 1:
             sys.exit(f"local_stack: --scale wants SERVICE=N with SERVICE in {list(scale)} and N >= 1, not {value!r}")
         scale[name] = int(count)
     return scale

@@ -128,6 +128,16 @@ def test_access_lines_for_failures_and_slow_requests_unless_all_asked(settings, 
     assert bool([r for r in caplog.records if r.name == "service_kit.access"]) is logged
 
 
+def test_the_access_line_names_the_address_nginx_saw_not_one_the_client_wrote(caplog):
+    """Issue 33: `remote` was X-Forwarded-For's first entry, which the client writes."""
+    app = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
+    with caplog.at_level(logging.INFO, logger="service_kit.access"):
+        app.test_client().get("/missing", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7",
+                                                   "X-Real-IP": "203.0.113.7"})
+        app.test_client().get("/missing", headers={"X-Forwarded-For": "6.6.6.6"})  # not through nginx
+    assert [r.remote for r in caplog.records if r.name == "service_kit.access"] == ["203.0.113.7", "127.0.0.1"]
+
+
 def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     """gunicorn computes its access atoms whenever a log config is set, only to drop the line."""
     import gunicorn.config

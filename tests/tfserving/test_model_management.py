@@ -107,4 +107,17 @@ def test_a_base_path_may_not_climb_out_of_the_rebased_repository(tmp_path, base_
     with pytest.raises(ServingError):
         core.resolve(ModelSpec("m"))  # the whole config was refused, not half applied
     assert core._resolve_base_path("/models/m/./1/..x") == repository / "m" / "1" / "..x"
-    assert core._resolve_base_path("/elsewhere/m") == Path("/elsewhere/m"), "only rebased paths are mapped"
+
+
+@pytest.mark.parametrize("base_path", ["/elsewhere/m", "/modelsX/m", "/", "relative/m"])
+def test_under_a_rebase_a_base_path_outside_the_repository_is_refused(tmp_path, base_path):
+    """Issue 33: it was used as given, and local mode lets loopback reload the config: any folder of
+    the machine could have been served."""
+    repository = tmp_path / "models"
+    (repository / "m").mkdir(parents=True)
+    core = ServerCore(path_rebase=("/models", repository))
+    with pytest.raises(ServingError) as caught:
+        core.apply_config(config_of(m="/models/m", elsewhere=base_path))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "outside the model repository" in \
+        caught.value.message
+    assert ServerCore()._resolve_base_path("/elsewhere/m") == Path("/elsewhere/m"), "no rebase: as given"

@@ -7,7 +7,7 @@ import re
 import pytest
 import requests
 
-from model_server.monitoring import Metrics, read_monitoring_config
+from model_server.monitoring import MAX_MODEL_NAME_CHARS, Metrics, read_monitoring_config
 from tests.tfserving.test_grpc_conformance import lstm_request
 
 
@@ -63,6 +63,18 @@ def test_the_server_counts_predict_calls(serving, prediction_stub):
     count = re.search(r':tensorflow:serving:request_count\{model_name="lstm",status="OK"\} (\S+)', text)
     assert count and float(count.group(1)) >= 1
     assert 'request_latency_count{model_name="lstm",API="Predict",entrypoint="GRPC"}' in text
+
+
+def test_long_model_names_are_counted_as_other():
+    """Issue 33: 1,000 names of several MB each were kept as labels, in memory and in every scrape."""
+    metrics = Metrics()
+    for index in range(50):
+        metrics.observe(f"{index}" + "x" * 1_000_000, "Predict", "GRPC", "NOT_FOUND", 0.001)
+    metrics.observe("y" * MAX_MODEL_NAME_CHARS, "Predict", "GRPC", "NOT_FOUND", 0.001)
+    text = metrics.exposition()
+    assert len(text) < 100_000
+    assert ':tensorflow:serving:request_count{model_name="(other)",status="NOT_FOUND"} 50' in text
+    assert f'model_name="{"y" * MAX_MODEL_NAME_CHARS}"' in text
 
 
 def test_callers_model_names_are_escaped_and_bounded(monkeypatch):

@@ -176,17 +176,21 @@ class ServerCore:
 
     def _resolve_base_path(self, base_path: str) -> Path:
         """Container paths (e.g. /models/lstm) onto a local folder, when told to rebase them. A
-        rebased path may not climb out of that folder: `..` is refused (a symlink the folder's
-        owner put there is followed, as any path the server reads)."""
+        rebased path may not leave that folder: a base path outside the prefix, or one that climbs
+        out with `..`, is refused (a symlink the folder's owner put there is followed, as any path
+        the server reads). Local mode lets loopback reload the config: an absolute path elsewhere
+        would have served whatever folder a caller named."""
         if self._path_rebase:
             prefix, local = self._path_rebase
-            if base_path == prefix or base_path.startswith(prefix.rstrip("/") + "/"):
-                inside = Path(base_path[len(prefix) :].lstrip("/"))
-                if ".." in inside.parts:
-                    raise invalid_argument(
-                        f"base_path {base_path!r} leaves the model repository {prefix} ({local}) with '..'"
-                    )
-                return local / inside
+            if not (base_path == prefix or base_path.startswith(prefix.rstrip("/") + "/")):
+                raise invalid_argument(
+                    f"base_path {base_path!r} is outside the model repository {prefix} ({local})")
+            inside = Path(base_path[len(prefix) :].lstrip("/"))
+            if ".." in inside.parts:
+                raise invalid_argument(
+                    f"base_path {base_path!r} leaves the model repository {prefix} ({local}) with '..'"
+                )
+            return local / inside
         return Path(base_path)
 
     def _versions_on_disk(self, model: _Model) -> dict[int, Path]:

@@ -25,9 +25,12 @@ from pathlib import Path
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's request_latency buckets: ExponentialBuckets(10 us, x1.8, 33).
 LATENCY_BOUNDS_US = [10 * 1.8 ** i for i in range(33)]
-# Model names come from callers: past this many label sets, requests are counted under
-# model_name="(other)", so random names cannot grow the server's memory or the scrape.
+# Model names come from callers: past this many label sets, and for names longer than any a
+# models.config would hold, requests are counted under model_name="(other)", so random names cannot
+# grow the server's memory or the scrape (1,000 names of several MB each did, before the length cap).
 MAX_LABEL_SETS = 1000
+MAX_MODEL_NAME_CHARS = 256
+OTHER = "(other)"
 
 
 def read_monitoring_config(path: Path) -> str | None:
@@ -57,8 +60,9 @@ class Metrics:
     def observe(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         microseconds = seconds * 1e6
         with self._lock:
-            if (model, api, entrypoint) not in self._latency and len(self._latency) >= MAX_LABEL_SETS:
-                model = "(other)"
+            if len(model) > MAX_MODEL_NAME_CHARS or \
+                    (model, api, entrypoint) not in self._latency and len(self._latency) >= MAX_LABEL_SETS:
+                model = OTHER
             self._requests[(model, status)] += 1
             buckets = self._latency.setdefault((model, api, entrypoint), [0.0] * (len(LATENCY_BOUNDS_US) + 3))
             buckets[bisect.bisect_left(LATENCY_BOUNDS_US, microseconds)] += 1

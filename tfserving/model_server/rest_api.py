@@ -291,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _content_length(self) -> int:
         """The declared body length, checked: read(-1) would wait for EOF."""
         declared = (self.headers.get("Content-Length") or "0").strip()
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # str.isdigit() takes '²' and '١' too; int() not
             raise invalid_argument(f"invalid Content-Length: {declared[:40]!r}")
         length = int(declared)
         if length > MAX_BODY_BYTES:

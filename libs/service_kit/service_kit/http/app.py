@@ -278,7 +278,9 @@ def _register_request_bookkeeping(app: Flask) -> None:
             access_log.info("request", extra={
                 "request_id": request_id, "method": incoming.method, "path": incoming.path,
                 "route": route, "status": status, "duration_ms": round(seconds * 1000, 2),
-                "remote": incoming.headers.get("X-Forwarded-For", incoming.remote_addr),
+                # The address nginx saw (it sets X-Real-IP, replacing any a client sent); the first
+                # entry of X-Forwarded-For is whatever the client wrote there.
+                "remote": incoming.headers.get("X-Real-IP", incoming.remote_addr),
             })
         return response
 
