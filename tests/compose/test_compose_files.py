@@ -66,7 +66,17 @@ def test_no_model_server_port_is_published_with_any_override(override):
     on compose's network, reach it (issue 20)."""
     for service in (SERVICES["tfserving"], interpolated(REPO_ROOT / override)["services"]["tfserving"]):
         assert not {"ports", "network_mode", "network"} & set(service), "published or on the host's network"
-    assert set(SERVICES["tfserving"].get("networks", ["default"])) == {"default"}
+
+
+def test_the_model_server_shares_an_internal_network_with_the_api_services_alone():
+    """Issue 33: nginx, which faces the callers, and Grafana shared one network with the model
+    server, whose ports can unload every model. Prometheus may join it: it only scrapes, with GETs
+    its read-only config names, and is published nowhere."""
+    networks = {name: set(service.get("networks", ["default"])) for name, service in SERVICES.items()}
+    assert networks["tfserving"] == {"models"} and COMPOSE["networks"]["models"] == {"internal": True}
+    assert {name for name, joined in networks.items() if "models" in joined} == {"tfserving", "prometheus", *APIS}
+    assert all(networks[api] == {"front", "models"} for api in APIS) and networks["nginx"] == {"front"}
+    assert networks["grafana"] == {"monitoring"}
 
 
 def test_monitoring_is_an_optional_profile_reading_the_repository_config():

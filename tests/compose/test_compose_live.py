@@ -245,6 +245,29 @@ def test_nothing_runs_as_root_the_repository_is_read_only_and_only_nginx_is_publ
     assert models["RW"] is False
 
 
+def test_nginx_cannot_reach_the_model_server_and_the_api_services_can(compose):
+    """Issue 33: the model server's ports answer HandleReloadConfigRequest from any peer; nginx,
+    which faces the callers, is on no network with it."""
+    nginx = compose.containers("nginx")[0]["Name"]
+    api = compose.containers("text-api")[0]["Name"]
+    address = compose.address(compose.containers("tfserving")[0]["Name"], 8501)
+
+    def fetch(container: str, url: str) -> subprocess.CompletedProcess | None:
+        """What `container` got from `url`; None when nothing answered in 10 s (packets dropped)."""
+        command = (["wget", "-q", "-T", "3", "-O", "-", url] if container == nginx else
+                   ["python", "-c", f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=3).read())"])
+        try:
+            return subprocess.run(["docker", "exec", container, *command], capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
+
+    for url in ("http://tfserving:8501/v1/models/lstm", f"{address}/v1/models/lstm"):
+        answer = fetch(nginx, url)
+        assert answer is None or answer.returncode != 0, f"nginx reached the model server at {url}"
+    reached = fetch(api, "http://tfserving:8501/v1/models/lstm")
+    assert reached is not None and reached.returncode == 0 and "AVAILABLE" in reached.stdout, reached
+
+
 def test_monitoring_profile_finds_every_replica_through_dns(compose):
     compose.run("--profile", "monitoring", "up", "--detach", "--wait", "--no-recreate", "prometheus")
     prometheus = compose.address(compose.containers("prometheus")[0]["Name"], 9090)

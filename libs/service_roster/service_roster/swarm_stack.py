@@ -55,6 +55,9 @@ HEADER = """\
 #   tasks on one host, so nginx updates stop-first, one host at a time: put the hosts behind a
 #   load balancer or DNS that checks /nginx-health.
 # - The monitoring profile is not deployed.
+# - compose.yaml's networks are overlays across the hosts, encrypted (IPsec between hosts: the
+#   model server's port can unload every model, and requests carry callers' data); `models` stays
+#   internal, with nginx not on it.
 """
 
 
@@ -96,7 +99,16 @@ def swarm_stack_file(services: list[Service], repo: Path) -> str:
     has a service for each roster entry is tests/compose's to check)."""
     import yaml
 
-    declared = yaml.safe_load((repo / COMPOSE_FILE).read_text())["services"]
-    stack = {"services": {name: _swarm_service(name, service) for name, service in declared.items()
-                          if not service.get("profiles")}}
+    compose = yaml.safe_load((repo / COMPOSE_FILE).read_text())
+    services = {name: _swarm_service(name, service) for name, service in compose["services"].items()
+                if not service.get("profiles")}
+    used = {network for service in services.values() for network in service.get("networks", [])}
+    networks = {name: _swarm_network(network or {}) for name, network in compose.get("networks", {}).items()
+                if name in used}
+    stack = {"services": services} | ({"networks": networks} if networks else {})
     return HEADER + yaml.safe_dump(stack, sort_keys=False, width=120, allow_unicode=True)
+
+
+def _swarm_network(network: dict) -> dict:
+    """A compose network as an overlay across the hosts, its traffic between hosts encrypted."""
+    return {"driver": "overlay", "driver_opts": {"encrypted": "true"}} | copy.deepcopy(network)
