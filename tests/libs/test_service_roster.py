@@ -89,7 +89,8 @@ def test_nginx_lists_the_roster_routes_and_limits():
     index = [entry for service in ROSTER for entry in service.index]
     assert '"routes":' + json.dumps(index) in conf
     for service in ROSTER:
-        assert f"upstream {service.upstream} {{" in conf and f"server {service.name}:8000 resolve;" in conf
+        assert f"upstream {service.upstream} {{" in conf
+        assert f"server {service.name}:8000 resolve max_fails=1 fail_timeout=2s;" in conf
         for route in service.routes:
             assert f"location = {route} {{\n            client_max_body_size {service.body_limit};" in conf
         assert f"{service.body_limit_text} for {service.routes[0]}" in conf

@@ -29,8 +29,9 @@ BOUNDED = "_bounded"  # the upstream group of a service's requests that state a 
 
 
 def _servers(addresses: list[str], resolve: bool, max_conns: int = 0) -> str:
-    # In local mode a replica that refuses connections is skipped for 2 s, then tried again.
-    suffix = " resolve" if resolve else " max_fails=1 fail_timeout=2s"
+    # A replica that refuses connections is skipped for 2 s, then tried again (nginx's default, 10 s,
+    # kept a replica that refused while it started out of rotation for 10 s after it listened).
+    suffix = (" resolve" if resolve else "") + " max_fails=1 fail_timeout=2s"
     if max_conns:
         suffix += f" max_conns={max_conns}"
     return "\n".join(f"        server {address}{suffix};" for address in addresses)
