@@ -262,3 +262,16 @@ def test_the_header_tells_costly_images_from_normal_photos():
     assert not costly(encode(photo(1080, 1920), ".png"))
     assert costly(crafted_images.many_scan_jpeg(26, 6000, 4500))
     assert costly(crafted_images.flat_gif()) and costly(encode(photo(3000, 4000), ".png"))
+
+
+def test_a_child_still_starting_is_passed_over_for_one_that_can_decode():
+    """A replaced child went back on top of the pool, and the next image waited for its start."""
+    pool = DecodePool(2, max_image_pixels=40_000_000)
+    try:
+        pool.wait_ready(30)
+        with pool.process(wait_seconds=1) as first:
+            first.replace("the test")  # as after a decode past its time: starting again
+        with pool.process(wait_seconds=1) as chosen:
+            assert chosen is not first and chosen.ready
+    finally:
+        pool.close()
