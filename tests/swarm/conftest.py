@@ -43,6 +43,7 @@ def swarm(docker_host, tmp_path_factory) -> SwarmStack:
                 raise
             finally:
                 SUMMARY.extend(f"{step}: {seconds:.0f} s" for step, seconds in {**lab.timings, **stack.timings}.items())
+                SUMMARY.extend(stack.notes)
     finally:
         left = {kind: found for kind, found in lab.leftovers().items() if found}
         SUMMARY.append(f"left behind after teardown: {left or 'nothing'}")

@@ -24,7 +24,7 @@ import yaml
 
 from tests.compose.docker_host import ComposeProject
 from tests.conftest import REPO_ROOT, wait_until
-from tests.swarm.hosts import Host, SwarmLab
+from tests.swarm.hosts import Host, SwarmLab, kernel_has_esp
 
 STACK_FILE = REPO_ROOT / "compose.swarm.yaml"
 STACK = "model-serving"
@@ -44,6 +44,7 @@ class SwarmStack:
 
     def __init__(self, lab: SwarmLab, images: ComposeProject, work_dir: Path, stack_file: Path = STACK_FILE):
         self.lab, self.work_dir, self.stack_file = lab, work_dir, stack_file
+        self.notes: list[str] = []  # what was deployed otherwise than the stack file says, and why
         built = yaml.safe_load(images.files[-1].read_text())["services"]  # the test override: image names
         self.services = list(yaml.safe_load(stack_file.read_text())["services"])
         self.source_images = {name: _tagged(built[name]["image"]) for name in self.services if name in built}
@@ -91,7 +92,7 @@ class SwarmStack:
     def deploy(self) -> None:
         started = time.monotonic()
         self.lab.manager.docker("node", "update", "--label-add", "model-server=true", self.lab.manager.name)
-        self.lab.manager.docker("stack", "deploy", "--resolve-image", "never", "-c", str(self.stack_file), STACK,
+        self.lab.manager.docker("stack", "deploy", "--resolve-image", "never", "-c", str(self.deployable()), STACK,
                                 env=self.environment(), timeout=300)
         self.wait_converged(300)
         # nginx started before the API tasks existed and re-resolves their names every second.
@@ -99,6 +100,22 @@ class SwarmStack:
             wait_until(lambda h=host: self.answers(h), 30, f"both APIs through {host.name}'s nginx", interval=0.5)
         self.timings["docker stack deploy, until every task is healthy and every nginx answers"] = \
             time.monotonic() - started
+
+    def deployable(self) -> Path:
+        """The stack file, or where this kernel cannot encrypt overlays (kernel_has_esp), a copy with
+        their `encrypted` option taken out: encrypted, they would carry nothing between the hosts."""
+        stack = yaml.safe_load(self.stack_file.read_text())
+        encrypted = [name for name, network in (stack.get("networks") or {}).items()
+                     if (network or {}).get("driver_opts", {}).get("encrypted")]
+        if not encrypted or kernel_has_esp():
+            return self.stack_file
+        for name in encrypted:
+            del stack["networks"][name]["driver_opts"]["encrypted"]
+        copy = self.work_dir / "compose.swarm.unencrypted.yaml"
+        copy.write_text(yaml.safe_dump(stack, sort_keys=False))
+        self.notes.append(f"overlays {encrypted} deployed unencrypted: this kernel has no IPsec ESP "
+                          "(CONFIG_INET_ESP), which swarm's encrypted overlays need")
+        return copy
 
     def service(self, name: str) -> str:
         return f"{STACK}_{name}"
