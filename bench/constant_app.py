@@ -4,14 +4,15 @@ request model, the hooks, the reply made by its reply model) answering a constan
 segmenting and asking the model. Without a batcher (MODEL_BATCHING=off): there is no model queue
 to admit requests to, as the ceiling had none before the contract. Benchmark use only.
 
-    cd services/text-api && gunicorn -c python:service_kit.http.gunicorn_base 'bench.constant_app:create_app()'
+    cd services/text-api && gunicorn -c python:service_kit.http.gunicorn_config 'bench.constant_app:create_app()'
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
-from service_kit.core.model_endpoint import Prediction
+from service_kit.core.deadlines import RequestBudget
+from service_kit.core.model_call import Prediction
 from service_kit.http.app import service_app
 from text_api.schemas import Sentiment
 from text_api.sentiment import SentimentService
@@ -25,7 +26,7 @@ class ConstantSentiment(SentimentService):
     def prepare(self, texts: list[str], deadline: float) -> list[list[str]]:
         return [[text] for text in texts]
 
-    def predict(self, examples: list[list[str]]) -> Prediction[Sentiment]:
+    def predict(self, examples: list[list[str]], budget: RequestBudget) -> Prediction[Sentiment]:
         return Prediction([ANSWER] * len(examples), 1)
 
 

@@ -28,7 +28,8 @@ from PIL import Image
 from model_preprocessing.image import MODEL_SIZE
 from tests.services.vision_api import crafted_images
 from vision_api.decode_process import DecodeProcess
-from vision_api.image_decoding import decode_image, model_example, read_header
+from vision_api.image_decoding import decode_image, model_example
+from vision_api.image_headers import read_header
 
 PHOTOS = Path(__file__).parent / "images"
 MB = 2**20

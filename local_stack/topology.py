@@ -26,7 +26,7 @@ from service_roster import nginx_conf
 REPO_ROOT = compose_file.REPO_ROOT
 PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
 STOP_TIMEOUT_SECONDS = 25.0
-GUNICORN_CONFIG = "python:service_kit.http.gunicorn_base"  # as services/api.Dockerfile's CMD
+GUNICORN_CONFIG = "python:service_kit.http.gunicorn_config"  # as services/api.Dockerfile's CMD
 # How long an API instance restarted to follow a moved model server may take to be ready.
 FOLLOW_TIMEOUT_SECONDS = 120.0
 EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")

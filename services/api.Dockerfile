@@ -44,9 +44,9 @@ WORKDIR /app
 COPY services/${SERVICE}/ ./
 USER 10001
 # The roster's preload once now, so caches it writes (jieba's dictionary) are in the image.
-RUN python -m service_roster service.toml
+RUN python -m service_roster.preload service.toml
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 # The same config local mode uses; it finds the service in ./service.toml. API_BIND defaults to 0.0.0.0:8000.
-CMD ["gunicorn", "-c", "python:service_kit.http.gunicorn_base"]
+CMD ["gunicorn", "-c", "python:service_kit.http.gunicorn_config"]

@@ -1,6 +1,6 @@
-"""A third API service around a tiny model, added to a copy of the repository exactly as the README's
-"Your own model" says: for tests/test_your_own_model.py (local mode) and the live compose tier. The
-copy is what a user has: a git clone, with a venv that imports the clone's code."""
+"""A third API service around a tiny model (examples/doubler), added to a copy of the repository exactly
+as the README's "Your own model" says: for tests/test_your_own_model.py (local mode) and the live
+compose tier. The copy is what a user has: a git clone, with a venv that imports the clone's code."""
 
 from __future__ import annotations
 
@@ -13,97 +13,8 @@ from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-NAME, PACKAGE, MODEL, ROUTE = "doubler-api", "doubler_api", "doubler", "/double"
-
-EXPORT = """
-import sys
-import tensorflow as tf
-
-class Doubler(tf.Module):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-    def serve(self, x):
-        return {"y": x * 2.0}
-
-model = Doubler()
-tf.saved_model.save(model, sys.argv[1], signatures={"serving_default": model.serve})
-"""
-
-MODEL_CONFIG = f"""  config {{
-    name: "{MODEL}"
-    base_path: "/models/{MODEL}"
-    model_platform: "tensorflow"
-    model_version_policy {{ latest {{ num_versions: 1 }} }}
-  }}
-"""
-
-SERVICE_TOML = f"""name = "{NAME}"
-package = "{PACKAGE}"
-service = "{PACKAGE}:DoublerService"
-routes = ["{ROUTE}"]
-body_limit = "64k"
-models = ["{MODEL}"]
-index = ["POST {ROUTE}"]
-"""
-
-PACKAGE_INIT = f'''"""doubler-api: twice each number, answered by the `doubler` model."""
-
-from __future__ import annotations
-
-import dataclasses
-from typing import Annotated
-
-import numpy as np
-from pydantic import Field
-
-from service_kit.core.service import ModelService
-from service_kit.core.settings import ServiceSettings, env
-from service_kit.http.contract import Operation, Reply, Strict
-from service_roster import service_of
-
-ROSTER_ENTRY = service_of(__file__)
-JSON = "application/json"
-
-
-@dataclasses.dataclass(frozen=True)
-class DoublerSettings(ServiceSettings):
-    model_name: str = env("MODEL_NAME", ROSTER_ENTRY.models[0])
-    max_body_bytes: int = env("MAX_BODY_BYTES", ROSTER_ENTRY.body_limit_bytes)
-
-
-class Numbers(Strict):
-    x: Annotated[list[Annotated[float, Field(ge=-1e30, le=1e30)]], Field(min_length=1, max_length=1000)]
-
-
-class Doubled(Reply):
-    y: list[float]
-    model_version: int | None
-
-
-class DoublerService(ModelService[float, float, float]):
-    """Each number is an example: one request's numbers, and other requests', go in one model call."""
-
-    settings_class = DoublerSettings
-    operations = (Operation("POST", "{ROUTE}", "Twice each number", {{JSON: Numbers}}, {{JSON: Doubled}}),)
-
-    def decode(self, request: Numbers) -> list[float]:
-        return request.x
-
-    def to_inputs(self, numbers: list[float]) -> dict[str, np.ndarray]:
-        return {{"x": np.asarray(numbers, np.float32)}}
-
-    def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> list[float]:
-        return [float(value) for value in outputs["y"]]
-
-    def encode(self, request: Numbers, numbers: list[float], prediction, reply: type) -> Doubled:
-        return Doubled(y=prediction.results, model_version=prediction.model_version)
-'''
-
-COMPOSE_ENTRY = f"""  {NAME}:
-    <<: *api-service
-    build: {{context: ., dockerfile: services/api.Dockerfile, args: {{SERVICE: {NAME}}}}}
-    environment: *api-environment
-
-"""
+NAME, MODEL, ROUTE = "doubler-api", "doubler", "/double"
+EXAMPLE = REPO_ROOT / "examples" / MODEL  # the files the README's steps make, ready to copy
 
 
 # A commit the same whoever runs it, whatever their git config (no hooks, no signing, no identity asked).
@@ -194,22 +105,20 @@ def venv_for(repo: Path) -> Path:
 
 
 def add_third_service(repo: Path) -> None:
-    """The README's steps 1-3 in `repo`: the model and its models.config entry, the service's folder,
-    its compose.yaml entry."""
+    """The README's steps 1-3 in `repo`, with the files of examples/doubler: the model and its
+    models.config entry, the service's folder, its compose.yaml entry."""
     # 1. The SavedModel, and its models.config entry.
-    exported = subprocess.run([sys.executable, "-c", EXPORT, str(repo / "tfserving" / "models" / MODEL / "1")],
+    exported = subprocess.run([sys.executable, str(EXAMPLE / "export_model.py"),
+                               str(repo / "tfserving" / "models" / MODEL / "1")],
                               capture_output=True, text=True, timeout=300,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert exported.returncode == 0, exported.stderr[-2000:]
     config = repo / "tfserving" / "models" / "models.config"
     text = config.read_text()
-    config.write_text(text[:text.rindex("}")] + MODEL_CONFIG + "}\n")
+    config.write_text(text[:text.rindex("}")] + (EXAMPLE / "models.config.entry").read_text() + "}\n")
     # 2. The service's folder.
-    service = repo / "services" / NAME
-    (service / PACKAGE).mkdir(parents=True)
-    (service / "service.toml").write_text(SERVICE_TOML)
-    (service / "requirements.txt").write_text("-r ../api-requirements.txt\n")
-    (service / PACKAGE / "__init__.py").write_text(PACKAGE_INIT)
+    shutil.copytree(EXAMPLE / NAME, repo / "services" / NAME, ignore=shutil.ignore_patterns("__pycache__"))
     # 3. Its compose.yaml entry.
     compose = repo / "compose.yaml"
-    compose.write_text(compose.read_text().replace("  nginx:\n", COMPOSE_ENTRY + "  nginx:\n", 1))
+    entry = (EXAMPLE / "compose.entry.yaml").read_text() + "\n"
+    compose.write_text(compose.read_text().replace("  nginx:\n", entry + "  nginx:\n", 1))

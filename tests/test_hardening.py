@@ -45,7 +45,8 @@ def test_the_scan_sees_the_product():
 
 def test_limits_and_timeouts_are_documented():
     documented = (REPO_ROOT / "services" / "README.md").read_text()
-    rendered = nginx_conf.render(nginx_conf.values_for_compose(ROSTER), (REPO_ROOT / nginx_conf.TEMPLATE).read_text())
+    rendered = nginx_conf.render(nginx_conf.values_for_compose(ROSTER, REPO_ROOT / nginx_conf.STATIC),
+                                 (REPO_ROOT / nginx_conf.TEMPLATE).read_text())
     for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "proxy_read_timeout",
                       "large_client_header_buffers", "client_max_body_size"):
         assert directive in rendered and f"`{directive}`" in documented, directive

@@ -112,7 +112,7 @@ def test_start_order_waits_for_the_model_server_but_not_for_every_model():
     assert SERVICES["nginx"]["depends_on"].keys() <= set(APIS)
     assert all(d == {"condition": "service_started"} for d in SERVICES["nginx"]["depends_on"].values())
     check = " ".join(SERVICES["tfserving"]["healthcheck"]["test"])
-    models = {model for service in ROSTER for model in service.models}
+    models = {service.model for service in ROSTER}
     assert "/models/models.config" in check and not any(m in check for m in models), "models come from models.config"
 
 

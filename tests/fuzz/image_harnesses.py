@@ -2,7 +2,7 @@
 them, tests/fuzz/test_fuzz.py replays the corpus through them). Each returns quietly for an input
 handled as documented and raises FuzzFinding (or lets anything else escape) for one that is not.
 
-- fuzz_image_header: read_header either raises one of service_kit.core.input_errors' InputError kinds
+- fuzz_image_header: read_header either raises one of service_kit.core.refusals' InputError kinds
   with a documented code, or returns a header every later step can use (a size, a layout
   describe() knows, a budget of at least a byte a pixel).
 - fuzz_image_decode: for an image the header accepts and the service's limits pass (at most
@@ -30,11 +30,12 @@ import cv2  # noqa: E402 - after its environment
 import numpy as np  # noqa: E402
 
 from model_preprocessing.image import MODEL_SIZE  # noqa: E402
-from service_kit.core.input_errors import InputError  # noqa: E402
+from service_kit.core.refusals import InputError  # noqa: E402
 from tests.fuzz import FuzzFinding  # noqa: E402
 from tests.fuzz.process_memory import allocating_at_most, peak_growth  # noqa: E402
 from vision_api.decode_process import CHILD_SLACK_BYTES  # noqa: E402
-from vision_api.image_decoding import ImageHeader, decode_image, model_example, read_header  # noqa: E402
+from vision_api.image_decoding import decode_image, model_example  # noqa: E402
+from vision_api.image_headers import ImageHeader, read_header  # noqa: E402
 from vision_api.saliency import MAX_IMAGE_SIDE  # noqa: E402
 from vision_api.settings import VisionApiSettings  # noqa: E402
 

@@ -223,8 +223,8 @@ def decoder_pids(model) -> list[int]:
 def reserved_bytes(data: bytes) -> int:
     """What the service reserves for this image's decoding and mask (0: refused from its header);
     its body is reserved besides (room_for_body)."""
-    from service_kit.core.input_errors import InputError
-    from vision_api.image_decoding import read_header
+    from service_kit.core.refusals import InputError
+    from vision_api.image_headers import read_header
 
     try:
         header = read_header(data)

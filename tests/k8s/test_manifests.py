@@ -1,7 +1,7 @@
 """k8s/: the base and the GPU overlay build with `kubectl kustomize` (what `kubectl apply -k`
 runs), every object validates against the Kubernetes API schema, and the topology matches compose.
 What the roster determines (each service's kustomization, the Ingresses, the network policy's
-list) is written by `./stack generate` (tests/libs/test_generated_files.py); here it builds, with
+list) is written by `./stack generate` (tests/roster_files/test_generated_files.py); here it builds, with
 a third service too."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from service_roster.generate import generated_files
+from roster_files import generated_files
 from tests.conftest import API_NAMES, REPO_ROOT, ROSTER, required_in_ci
-from tests.libs.test_generated_files import THIRD, copy_for_generating
+from tests.roster_files.test_generated_files import THIRD, copy_for_generating
 
 K8S = REPO_ROOT / "k8s"
 
@@ -88,7 +88,7 @@ def test_api_services_probe_health_scale_and_run_as_compose_does(api):
     for name, value in COMPOSE[api]["environment"].items():
         assert env[name] == str(value), name
     [service] = [s for s in ROSTER if s.name == api]
-    assert env["MODEL_NAME"] == service.models[0] and spec["name"] == api
+    assert env["MODEL_NAME"] == service.model and spec["name"] == api
     assert spec["image"] == f"model-serving/{api}:1.0.0"
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["readOnlyRootFilesystem"] is True
@@ -131,7 +131,7 @@ def test_a_third_service_as_generated_builds_validates_and_is_routed(tmp_path):
     assert api_services(built) == sorted([*API_NAMES, THIRD.name])
     assert {route: backend for route, backend in ingress_backends(built).items() if backend == THIRD.name} \
         == dict.fromkeys(THIRD.routes, THIRD.name)
-    assert {e["name"]: e["value"] for e in container(built, THIRD.name)["env"]}["MODEL_NAME"] == THIRD.models[0]
+    assert {e["name"]: e["value"] for e in container(built, THIRD.name)["env"]}["MODEL_NAME"] == THIRD.model
     policy = find(built, "NetworkPolicy", "tfserving")["spec"]["ingress"][0]["from"][0]["podSelector"]
     assert THIRD.name in policy["matchExpressions"][0]["values"]
 

@@ -23,16 +23,19 @@ from pydantic import TypeAdapter, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service_kit.core import metrics
-from service_kit.core.batching import BatchDeadlineExceeded, BatcherOverloaded
+from service_kit.core.refusals import DeadlineExceeded, Shed
 from service_kit.core.settings import ServiceSettings
-from service_kit.http.app import client_gone, create_service_app
+from service_kit.http.admission import client_gone
+from service_kit.http.app import create_service_app
 from service_kit.http.contract import Base64Bytes
 from service_kit.http.errors import ApiError
 from service_kit.http.inputs import json_object, request_body
 from service_kit.http.logs import JsonFormatter
 from service_kit.http.routes import refusal
 from tests.conftest import REPO_ROOT
+from text_api.sentiment import SentimentService
 from text_api.settings import TextApiSettings
+from vision_api.saliency import SaliencyService
 from vision_api.settings import VisionApiSettings
 
 
@@ -41,7 +44,19 @@ def test_settings_read_the_environment_with_types():
                                          "TFSERVING_GRPC_ADDRESS": "tfserving:8500"})
     assert settings.model_timeout_seconds == 2.5 and settings.max_lines == 8
     assert settings.tfserving_address == "tfserving:8500"
-    assert settings.model_name == "lstm" and TextApiSettings.from_env({}).max_lines == 64
+    assert TextApiSettings.from_env({}).max_lines == 64
+
+
+def test_a_services_model_and_body_limit_come_from_its_roster_entry_unless_set():
+    """Issue 34: each service's settings said `model_name = env("MODEL_NAME", ROSTER_ENTRY.models[0])`
+    and the same for its body limit; forgotten, the model name was ""."""
+    filled = SentimentService(object(), TextApiSettings()).settings
+    assert (filled.model_name, filled.max_body_bytes) == ("lstm", 512 * 1024)
+    assert SaliencyService(object(), VisionApiSettings()).settings.max_body_bytes == 20 * 2**20
+    chosen = SentimentService(object(), TextApiSettings.from_env({"MODEL_NAME": "lstm_v2", "MAX_BODY_BYTES": "1000"}))
+    assert (chosen.settings.model_name, chosen.settings.max_body_bytes) == ("lstm_v2", 1000)
+    bare = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
+    assert bare.config["MAX_CONTENT_LENGTH"] == 1024 * 1024, "an app outside the roster (a test's)"
 
 
 def test_a_bad_value_names_its_variable():
@@ -52,7 +67,6 @@ def test_a_bad_value_names_its_variable():
 def test_every_service_shares_the_base_variable_names():
     base = set(ServiceSettings.variables())
     assert base <= set(TextApiSettings.variables()) and base <= set(VisionApiSettings.variables())
-    assert VisionApiSettings.variables()["MODEL_NAME"] == "cv_sod"
 
 
 @pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
@@ -106,7 +120,7 @@ def test_log_lines_are_json_with_extra_fields():
 
 def test_every_variable_is_documented():
     documented = (REPO_ROOT / "services" / "README.md").read_text()
-    gunicorn_base = (REPO_ROOT / "libs" / "service_kit" / "service_kit" / "http" / "gunicorn_base.py").read_text()
+    gunicorn_base = (REPO_ROOT / "libs" / "service_kit" / "service_kit" / "http" / "gunicorn_config.py").read_text()
     names = {*TextApiSettings.variables(), *VisionApiSettings.variables(),
              *re.findall(r'os\.environ\.get\("([A-Z_]+)"', gunicorn_base)}
     missing = sorted(name for name in names if f"`{name}`" not in documented)
@@ -155,7 +169,7 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     # config reads the service's roster entry: the service's folder, as local mode starts it.
     monkeypatch.setattr(gunicorn.config.Chdir, "default", str(REPO_ROOT / "services" / "text-api"))
     monkeypatch.chdir(REPO_ROOT / "services" / "text-api")
-    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", "python:service_kit.http.gunicorn_base"])
+    monkeypatch.setattr("sys.argv", ["gunicorn", "-c", "python:service_kit.http.gunicorn_config"])
     cfg = Config().cfg
     logger = cfg.logger_class(cfg)
     assert type(logger).__name__ == "NoAccessLineLogger"
@@ -166,10 +180,10 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(("error", "status", "code"), [
-    (BatcherOverloaded("queue_full", "full"), 503, "overloaded"),
-    (BatcherOverloaded("predicted_late", "late"), 503, "deadline_unreachable"),
-    (BatcherOverloaded("expired", "late"), 503, "deadline_unreachable"),
-    (BatchDeadlineExceeded("late"), 504, "model_timeout"),
+    (Shed("queue_full", "full"), 503, "overloaded"),
+    (Shed("predicted_late", "late"), 503, "deadline_unreachable"),
+    (Shed("expired", "late"), 503, "deadline_unreachable"),
+    (DeadlineExceeded("late"), 504, "model_timeout"),
 ])
 def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, status, code):
     app = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
@@ -243,11 +257,11 @@ def raising(error: Exception):
 
 
 def test_sheds_are_counted_and_never_logged_other_failures_still_are(caplog):
-    from service_kit.core.model_endpoint import Busy
+    from service_kit.core.refusals import Busy
 
     app = create_service_app(__name__, ServiceSettings(model_name="shedding"), client=object())
-    refusals = {"/busy": Busy("no decoder free"), "/full": BatcherOverloaded("queue_full", "full"),
-                "/late": BatcherOverloaded("predicted_late", "late")}
+    refusals = {"/busy": Busy("no decoder free"), "/full": Shed("queue_full", "full"),
+                "/late": Shed("predicted_late", "late")}
     for path, error in refusals.items():
         app.add_url_rule(path, path, raising(error))
     client = app.test_client()

@@ -12,14 +12,9 @@ import weakref
 
 import pytest
 
-from service_kit.core.batching import (
-    BatchDeadlineExceeded,
-    BatcherOverloaded,
-    BatchQueue,
-    LatencyModel,
-    MicroBatcher,
-    _Pending,
-)
+from service_kit.core.batch_rules import BatchQueue, LatencyModel, Pending
+from service_kit.core.micro_batcher import MicroBatcher
+from service_kit.core.refusals import DeadlineExceeded, Shed
 
 MS = 0.001
 
@@ -34,8 +29,8 @@ def learnt(fixed: float, per_example: float, at: float = 10.0) -> LatencyModel:
     return model
 
 
-def entries(count: int, deadline: float, now: float) -> list[_Pending]:
-    return [_Pending(index, deadline, now) for index in range(count)]
+def entries(count: int, deadline: float, now: float) -> list[Pending]:
+    return [Pending(index, deadline, now) for index in range(count)]
 
 
 def arrivals(queue: BatchQueue, times: list[float], deadline_after: float) -> None:
@@ -111,7 +106,7 @@ def test_a_batch_holds_one_group_taken_in_arrival_order_from_the_oldest():
     with their own group; the others keep their places for the next batch."""
     queue = BatchQueue(max_batch_size=3, latency=learnt(2 * MS, 0))
     groups = ["short", "long", "short", "short", "long", "short"]
-    queue.admit([_Pending(index, 11.0, 10.0, group=group) for index, group in enumerate(groups)], 10.0)
+    queue.admit([Pending(index, 11.0, 10.0, group=group) for index, group in enumerate(groups)], 10.0)
     first = queue.decide(10.0).release
     assert [entry.item for entry in first.entries] == [0, 2, 3] and first.reason == "full"
     assert [entry.item for entry in queue.queued] == [1, 4, 5]
@@ -164,7 +159,7 @@ def test_a_request_that_would_be_late_is_refused_before_it_is_queued():
     queue.started(queue.decide(10.0).release, 10.0)  # a call in flight until 10.010
     arrivals(queue, [10.001] * 16, deadline_after=1.0)  # two full batches queued behind it
     # answered at 10.010 + 2 x 10 ms + its own 10 ms = 10.040: a 35 ms deadline cannot be met
-    with pytest.raises(BatcherOverloaded) as refused:
+    with pytest.raises(Shed) as refused:
         queue.admit(entries(1, 10.002 + 35 * MS, 10.002), 10.002)
     assert refused.value.reason == "predicted_late" and len(queue.queued) == 16
     queue.admit(entries(1, 10.002 + 45 * MS, 10.002), 10.002)  # 45 ms is enough
@@ -187,7 +182,7 @@ def test_a_queued_request_that_can_no_longer_make_it_is_dropped_before_the_call(
 def test_a_full_queue_refuses_at_once_and_keeps_nothing_of_the_refused_request():
     queue = BatchQueue(max_queued=3)
     arrivals(queue, [10.0, 10.0], deadline_after=1.0)
-    with pytest.raises(BatcherOverloaded) as refused:
+    with pytest.raises(Shed) as refused:
         queue.admit(entries(2, 11.0, 10.0), 10.0)
     assert refused.value.reason == "queue_full" and len(queue.queued) == 2
 
@@ -225,7 +220,7 @@ def test_no_request_is_answered_after_its_deadline():
         return items
 
     batcher = MicroBatcher(slow_model, BatchQueue(coalesce_only=True), clock=clock)
-    with pytest.raises(BatchDeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):
         batcher.submit([1], deadline=clock.now + 0.4)
     assert batcher.submit([2], deadline=clock.now + 0.6) == [2]
 
@@ -246,7 +241,7 @@ def test_a_request_that_cannot_make_its_deadline_never_reaches_the_model():
     first.start()
     wait_for(lambda: seen == [[1]])
     started = time.monotonic()
-    with pytest.raises(BatcherOverloaded) as refused:  # behind a call until +50 ms, plus its own 50 ms
+    with pytest.raises(Shed) as refused:  # behind a call until +50 ms, plus its own 50 ms
         batcher.submit([2], deadline=clock.now + 80 * MS)
     assert refused.value.reason == "predicted_late" and time.monotonic() - started < 1
     release.set()
@@ -358,7 +353,7 @@ def test_the_model_call_is_given_the_latest_deadline_of_its_requests():
 def test_timeout_when_the_model_never_answers():
     release = threading.Event()
     batcher = MicroBatcher(lambda items, deadline: release.wait(10) and items)
-    with pytest.raises(BatchDeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):
         batcher.submit([1], deadline=within(0.1))
     release.set()
 
@@ -382,7 +377,7 @@ def blocked_batcher(max_queued: int = 1024) -> tuple[MicroBatcher, list[list[int
 
 def test_a_request_that_gave_up_is_never_sent_to_the_model():
     batcher, calls, release, _ = blocked_batcher()
-    with pytest.raises(BatchDeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):
         batcher.submit([2, 3], deadline=within(0.05))  # waits behind the blocked call, then gives up
     release.set()
     assert batcher.submit([4], deadline=within(5)) == [4]
@@ -396,7 +391,7 @@ def test_a_full_queue_refuses_at_once_and_says_so():
     waiter.start()
     wait_for(lambda: len(batcher.rules.queued) == 2)
     started = time.monotonic()
-    with pytest.raises(BatcherOverloaded):
+    with pytest.raises(Shed):
         batcher.submit([5], deadline=within(10))
     assert time.monotonic() - started < 0.5, "refused at once, not after waiting"
     release.set()
@@ -470,7 +465,7 @@ def test_an_observer_that_fails_never_stops_the_batcher():
     batcher = MicroBatcher(SlowDoubler(0.0), BatchQueue(max_queued=1), BrokenObserver())
     for n in range(3):
         assert batcher.submit([n], deadline=within(2)) == [2 * n]
-    with pytest.raises(BatcherOverloaded):
+    with pytest.raises(Shed):
         batcher.submit([1, 2], deadline=within(2))  # over max_queued: shed, and its report fails too
     assert batcher.alive() and batcher.observer_failures == 3 * 2 + 1
     assert batcher.submit([5], deadline=within(2)) == [10]
@@ -486,7 +481,7 @@ def test_a_stopped_loop_is_seen(monkeypatch):
 
     monkeypatch.setattr(batcher.rules, "decide", broken)
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the loop logs its own end
-    with pytest.raises(BatchDeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):
         batcher.submit([2], deadline=within(0.2))
     wait_for(lambda: not batcher.alive())
 
@@ -500,7 +495,7 @@ def test_a_request_whose_caller_left_is_dropped_unsent_when_its_batch_leaves():
     def caller(name: str, items: list[int], abandoned) -> None:
         try:
             outcomes[name] = batcher.submit(items, deadline=within(10), abandoned=abandoned)
-        except BatcherOverloaded as refused:
+        except Shed as refused:
             outcomes[name] = refused.reason
 
     def gone() -> bool:

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from service_kit.core import deadlines
-from service_kit.core.model_endpoint import ModelEndpoint
+from service_kit.core.refusals import InvalidTimeout
+from service_kit.core.service import ModelService
 from service_kit.core.settings import ServiceSettings
 from service_kit.http.app import create_service_app
 
@@ -27,7 +28,7 @@ def test_the_timeout_is_the_callers_within_bounds_else_the_services(header, seco
 # with Retry-After, though no retry could ever meet it.
 @pytest.mark.parametrize("header", ["soon", "", "-1", "0", "000", "nan", "inf", "5e-324", "0.5", "1.0", "+5", "٣"])
 def test_a_timeout_that_is_not_a_whole_positive_number_of_milliseconds_is_refused(header):
-    with pytest.raises(deadlines.InvalidTimeout):
+    with pytest.raises(InvalidTimeout):
         deadlines.timeout_seconds(header, SETTINGS)
 
 
@@ -66,7 +67,7 @@ class Counting:
 def app_with_a_model_route(batching: str = "deadline"):
     settings = ServiceSettings(model_name="m", model_batching=batching, request_timeout_ms=1000.0)
     app = create_service_app(__name__, settings, client=object())
-    app.extensions["service"] = ModelEndpoint(object(), settings)  # its queue is empty: ~5 ms a call
+    app.extensions["service"] = ModelService(object(), settings)  # its queue is empty: ~5 ms a call
     seen = Counting()
 
     @app.post("/model")
@@ -96,12 +97,26 @@ def test_a_request_that_waited_past_its_deadline_is_refused_before_flask_sees_it
 def test_a_burst_of_slow_requests_does_not_lock_the_worker_out():
     app, seen = app_with_a_model_route()
     client = app.test_client()
-    preparation = app.extensions["service"].preparation
+    preparation = app.extensions["service"].model_call.preparation
     for _ in range(3):
         preparation.observe(1.0, time.monotonic())  # a burst: preparing took a second
     assert client.post("/model", headers=stamp(0.001)).status_code == 503
     preparation.observe(1.0, time.monotonic() - 2.0)  # ... two seconds ago, and nothing let in since
     assert client.post("/model", headers=stamp(0.001)).status_code == 200 and seen.calls == 1
+
+
+def test_the_headers_are_read_once_into_a_budget_and_the_older_modes_keep_their_fixed_deadline():
+    """Issue 34: the middleware parsed the headers, then the request's hooks again; the older
+    batching modes used a deadline of their own in the model call only. One read, one rule."""
+    now = time.monotonic()
+    budget = deadlines.read("250", f"t={time.time() - 0.1:.3f}", SETTINGS, now=now)
+    assert budget.arrived == now and budget.received == pytest.approx(now - 0.1, abs=0.02)
+    assert budget.deadline == pytest.approx(budget.received + 0.25)
+    for mode in ("coalesce", "off"):
+        older = deadlines.read("250", f"t={time.time() - 0.1:.3f}", ServiceSettings(model_batching=mode), now=now)
+        assert older.deadline == now + 10.0 + 1, mode  # MODEL_TIMEOUT_SECONDS and a second, from arrival
+    with pytest.raises(InvalidTimeout):
+        deadlines.read("soon", None, ServiceSettings(model_batching="off"))
 
 
 def test_the_older_batching_modes_refuse_nothing_on_arrival():

@@ -1,6 +1,6 @@
 """The roster (services/*/service.toml): read strictly, and what is not generated from it agrees
 with it (compose.yaml, models.config). What is generated from it: nginx's config (here) and the
-committed files `./stack generate` writes (tests/libs/test_generated_files.py)."""
+committed files `./stack generate` writes (tests/roster_files/test_generated_files.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def roster_entry(service: Service) -> str:
 
 # A made-up service: today's first one, renamed and rerouted (its other fields as the roster's are).
 ECHO = dataclasses.replace(ROSTER[0], name="echo-api", package="echo_api", routes=("/echo",), body_limit="64k",
-                           models=("echo",), index=("POST /echo",), preload="")
+                           model="echo", preload="")
 ENTRY = roster_entry(ECHO)
 
 
@@ -44,7 +44,7 @@ def test_an_entry_reads_with_its_limit_in_bytes(tmp_path):
 @pytest.mark.parametrize(("change", "complaint"), [
     (('body_limit = "64k"', 'body_limit = "64 KB"'), "body_limit"),
     (('routes = ["/echo"]', 'routes = ["echo/"]'), "routes"),
-    (('index = ["POST /echo"]\n', ""), "fields"),
+    (('model = "echo"\n', ""), "fields"),
 ])
 def test_a_mistyped_entry_stops_whoever_reads_it_naming_the_file(tmp_path, change, complaint):
     path = write_entry(tmp_path, ENTRY.replace(*change))
@@ -76,18 +76,20 @@ def test_compose_has_each_service_with_the_model_the_roster_names():
     services = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]
     for service in ROSTER:
         assert service.name in services, f"compose.yaml has no {service.name}"
-        assert services[service.name]["environment"].get("MODEL_NAME", service.models[0]) == service.models[0]
+        assert services[service.name]["environment"].get("MODEL_NAME", service.model) == service.model
 
 
 def test_every_model_the_roster_names_is_in_models_config():
     configured = set(re.findall(r'^\s*name:\s*"([^"]+)"', (MODEL_REPOSITORY / "models.config").read_text(), re.M))
-    assert {model for service in ROSTER for model in service.models} <= configured
+    assert {service.model for service in ROSTER} <= configured
 
 
 def test_nginx_lists_the_roster_routes_and_limits():
-    conf = nginx_conf.render(nginx_conf.values_for_compose(ROSTER), (REPO_ROOT / nginx_conf.TEMPLATE).read_text())
-    index = [entry for service in ROSTER for entry in service.index]
-    assert '"routes":' + json.dumps(index) in conf
+    conf = nginx_conf.render(nginx_conf.values_for_compose(ROSTER, REPO_ROOT / nginx_conf.STATIC),
+                             (REPO_ROOT / nginx_conf.TEMPLATE).read_text())
+    index = ["POST /lstm", "GET /lstm?line=BASE64", "GET /lstm/predict?line=BASE64", "POST /lstm/predict",
+             "POST /cv_sod", "GET /cv_sod?img=BASE64", "POST /cv_sod/predict", "GET /cv_sod/predict?img=BASE64"]
+    assert '"routes":' + json.dumps(index) in conf, "GET / lists the operations of the OpenAPI document"
     for service in ROSTER:
         assert f"upstream {service.upstream} {{" in conf
         assert f"server {service.name}:8000 resolve max_fails=1 fail_timeout=2s;" in conf

@@ -1,7 +1,7 @@
 """The monitoring profile: Prometheus's scrape config, Grafana's provisioning and dashboard, and
 the dashboard's queries checked against the metrics the running stack really exports (scraped
 through the config local mode renders, so that config is exercised too). The API services' jobs
-are written from the roster by `./stack generate` (tests/libs/test_generated_files.py)."""
+are written from the roster by `./stack generate` (tests/roster_files/test_generated_files.py)."""
 
 from __future__ import annotations
 

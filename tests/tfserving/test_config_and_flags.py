@@ -16,7 +16,7 @@ from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, ROSTER
 def test_committed_models_config_lists_every_roster_model_at_container_paths():
     config = read_model_server_config(MODEL_REPOSITORY / "models.config")
     models = {m.name: m for m in config.model_config_list.config}
-    assert set(models) == {model for service in ROSTER for model in service.models}
+    assert set(models) == {service.model for service in ROSTER}
     for name, model in models.items():
         assert model.base_path == f"/models/{name}"
         assert model.model_platform == "tensorflow"

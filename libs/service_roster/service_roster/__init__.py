@@ -1,9 +1,10 @@
 """The roster: every API service declared once, in `services/<name>/service.toml`.
 
-nginx's upstreams, routes, body limits and route index, local mode's processes, the services' own
-body limit, and the tests' lists come from here; what cannot be generated (compose.yaml, k8s,
-Prometheus) is checked against it by tests. Standard library only (tomllib): nginx's image build
-reads it too.
+nginx's upstreams, routes and body limits, local mode's processes, each service's model and body
+limit, and the tests' lists come from here; the committed files it determines (k8s, Prometheus,
+compose.swarm.yaml, the services table) are written from it by `./stack generate` (roster_files),
+and compose.yaml is checked against it by tests. Standard library only (tomllib): nginx's image
+build reads it too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -27,8 +29,7 @@ class Service:
     service: str
     routes: tuple[str, ...]  # public path prefixes nginx sends to it, with everything below them
     body_limit: str  # largest request body, in nginx's notation ("512k", "20m")
-    models: tuple[str, ...]  # in models.config; the service is ready when they are
-    index: tuple[str, ...]  # what `GET /` lists for it, e.g. "POST /lstm"
+    model: str  # in models.config: the model it asks (MODEL_NAME); it is ready when that is AVAILABLE
     # "module:function" run once in gunicorn's master before its workers fork (memory they then
     # share) and once at image build (caches it writes are baked in); "" for none.
     preload: str = ""
@@ -77,6 +78,14 @@ def service_of(module_file: str) -> Service:
     """The roster entry of the service a module belongs to: `<service>/<package>/<module>.py` reads
     `<service>/service.toml` (in the repository, and in /app in the service's image alike)."""
     return read_service(Path(module_file).resolve().parents[1] / ROSTER_FILE)
+
+
+def entry_of(cls: type) -> Service | None:
+    """The roster entry of the service a class is defined in (`<service>/<package>/<module>.py`), or
+    None for a class outside any service's folder (a test's)."""
+    module = sys.modules.get(cls.__module__)
+    path = Path(getattr(module, "__file__", None) or ".").resolve().parents[1] / ROSTER_FILE
+    return read_service(path) if path.is_file() else None
 
 
 def service_class(service: Service) -> type:

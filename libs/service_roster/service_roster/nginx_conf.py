@@ -79,8 +79,30 @@ def _locations(services: list[Service]) -> str:
     return "\n".join(blocks)
 
 
-def _roster_values(services: list[Service], addresses: dict[str, list[str]], resolve: bool) -> dict[str, str]:
-    index = [entry for service in services for entry in service.index]
+def route_index(services: list[Service], document: dict) -> list[str]:
+    """What `GET /` lists: each service's operations in the OpenAPI document (written from their
+    request models by `./stack generate`), `GET|POST /path` where a path takes both, a required query
+    field shown as `?name=BASE64` (or `=...`)."""
+    index: dict[str, list[str]] = {}
+    for service in services:
+        for path, operations in document["paths"].items():
+            if not any(path == route or path.startswith(route + "/") for route in service.routes):
+                continue
+            for method, operation in operations.items():
+                query = "&".join(f"{p['name']}={'BASE64' if p['schema'].get('contentEncoding') == 'base64' else '...'}"
+                                 for p in operation.get("parameters", []) if p["in"] == "query" and p.get("required"))
+                index.setdefault(f"{path}?{query}" if query else path, []).append(method.upper())
+    return [f"{'|'.join(sorted(methods))} {target}" for target, methods in index.items()]
+
+
+def openapi_document(static_dir: Path) -> dict:
+    """The committed OpenAPI document (services/nginx/static/openapi.json, or its copy)."""
+    return json.loads((static_dir / "openapi.json").read_text())
+
+
+def _roster_values(services: list[Service], addresses: dict[str, list[str]], resolve: bool,
+                   static_dir: Path) -> dict[str, str]:
+    index = route_index(services, openapi_document(static_dir))
     limits = ", ".join(f"{service.body_limit_text} for {', '.join(service.routes)}" for service in services)
     return {
         "upstreams": _upstreams(services, addresses, resolve),
@@ -91,7 +113,8 @@ def _roster_values(services: list[Service], addresses: dict[str, list[str]], res
     }
 
 
-def values_for_compose(services: list[Service]) -> dict[str, str]:
+def values_for_compose(services: list[Service], static_dir: Path) -> dict[str, str]:
+    """`static_dir`: the repository's services/nginx/static (the image serves a copy of it)."""
     return {
         "worker_processes": "# (set by start-nginx.sh)",
         "pid_file": "/tmp/nginx.pid",
@@ -106,7 +129,7 @@ def values_for_compose(services: list[Service]) -> dict[str, str]:
         # POSTs got a 502 that way, tests/swarm).
         "resolver": "    resolver 127.0.0.11 valid=1s ipv6=off;\n    resolver_timeout 2s;\n",
         "listen": COMPOSE_LISTEN,
-        **_roster_values(services, {s.name: [f"{s.name}:{COMPOSE_PORT}"] for s in services}, resolve=True),
+        **_roster_values(services, {s.name: [f"{s.name}:{COMPOSE_PORT}"] for s in services}, True, static_dir),
     }
 
 
@@ -126,7 +149,7 @@ def values_for_local(services: list[Service], listen: str, run_dir: Path, upstre
         "static_dir": str(static_dir.resolve()),
         "resolver": "",
         "listen": listen,
-        **_roster_values(services, upstreams, resolve=False),
+        **_roster_values(services, upstreams, False, static_dir),
     }
 
 
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     services = load(args.repo / "services")
     if args.mode == "compose":
-        values = values_for_compose(services)
+        values = values_for_compose(services, args.repo / STATIC)
     else:
         upstreams: dict[str, list[str]] = {}
         for item in args.upstream:

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from model_preprocessing.text import load_dictionary, pad_batch
-from service_kit.core.model_endpoint import InputTooLarge, InvalidInput, Prediction, UnusableInput
+from service_kit.core.model_call import Prediction
+from service_kit.core.refusals import InputTooLarge, InvalidInput, UnusableInput
 from service_kit.core.service import ModelService
-from service_kit.http.contract import QUERY, Operation, Reply
+from service_kit.http.contract import QUERY, Operation
 from text_api.schemas import (
     LegacyAnswer,
     LegacyLine,
@@ -21,16 +22,41 @@ from text_api.schemas import (
     SentimentAnswer,
     SentimentsAnswer,
 )
-from text_api.segmentation import Segmenter
+from text_api.segmentation_queue import SegmentationQueue
 from text_api.settings import TextApiSettings
 from tfserving_client import ModelServerClient
 
 JSON = "application/json"
 # Texts of up to 2**SHORT_TEXT_BITS words share one length class (batch_group).
 SHORT_TEXT_BITS = 7
-_TEXT_ERRORS = (413, 422)  # too long, too many lines or words; no words
 _LEGACY = ("The legacy `/predict` form existing clients call (the source documents' API): its route and reply "
            "shape; the body is read as JSON whatever its Content-Type says.")
+
+
+def _errors(*too_large: str) -> dict[int, str]:
+    codes = ", ".join(f"`{code}`" for code in ("text_too_long", *too_large, "too_many_words"))
+    return {413: f"a text over a limit ({codes})",
+            422: "well-formed but unusable: no words after segmentation (`empty_text`)"}
+
+
+def _one(request: OneLine | LineQuery, texts: list[str], prediction: Prediction[Sentiment],
+         reply: type) -> SentimentAnswer:
+    [result] = prediction.results
+    return SentimentAnswer(label=result.label, class_id=result.class_id, probabilities=result.probabilities,
+                           model_version=prediction.model_version)
+
+
+def _one_or_many(request: OneLine | ManyLines, texts: list[str], prediction: Prediction[Sentiment],
+                 reply: type) -> SentimentAnswer | SentimentsAnswer:
+    if isinstance(request, ManyLines):
+        return SentimentsAnswer(results=prediction.results, model_version=prediction.model_version)
+    return _one(request, texts, prediction, reply)
+
+
+def _legacy(request: LineQuery | LegacyLine, texts: list[str], prediction: Prediction[Sentiment],
+            reply: type) -> LegacyAnswer:
+    [result] = prediction.results
+    return LegacyAnswer(classes_id=result.class_id, labels=result.label, softmax=result.probabilities)
 
 
 class SentimentService(ModelService[str, list[str], Sentiment]):
@@ -39,19 +65,21 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
     settings_class = TextApiSettings
     operations = (
         Operation("POST", "/lstm", 'The sentiment of one text (`{"line": ...}`) or of several in one request '
-                  '(`{"lines": [...]}`)', {JSON: LinesBody}, {JSON: SentimentAnswer | SentimentsAnswer}, _TEXT_ERRORS),
+                  '(`{"lines": [...]}`)', {JSON: LinesBody}, {JSON: SentimentAnswer | SentimentsAnswer},
+                  _errors("too_many_lines"), encode=_one_or_many),
         Operation("GET", "/lstm", "The sentiment of one text, in the URL", {QUERY: LineQuery},
-                  {JSON: SentimentAnswer}, _TEXT_ERRORS),
+                  {JSON: SentimentAnswer}, _errors(), encode=_one),
         Operation("GET", "/lstm/predict", "The sentiment of one text, in the URL (legacy reply shape)",
-                  {QUERY: LineQuery}, {JSON: LegacyAnswer}, _TEXT_ERRORS, description=_LEGACY),
+                  {QUERY: LineQuery}, {JSON: LegacyAnswer}, _errors(), description=_LEGACY, encode=_legacy),
         Operation("POST", "/lstm/predict", "The sentiment of one text (legacy reply shape)", {JSON: LegacyLine},
-                  {JSON: LegacyAnswer}, _TEXT_ERRORS, json_whatever_the_content_type=True, description=_LEGACY),
+                  {JSON: LegacyAnswer}, _errors(), json_whatever_the_content_type=True, description=_LEGACY,
+                  encode=_legacy),
     )
 
     def __init__(self, client: ModelServerClient, settings: TextApiSettings):
         super().__init__(client, settings)
         load_dictionary()  # a no-op when gunicorn's master preloaded it (service.toml)
-        self.segmenter = Segmenter(settings.model_name)
+        self.segmentation = SegmentationQueue(self.settings.model_name)
 
     def decode(self, request: OneLine | ManyLines | LineQuery | LegacyLine) -> list[str]:
         texts = request.lines if isinstance(request, ManyLines) else [request.line]
@@ -64,7 +92,7 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
         return texts
 
     def prepare(self, texts: list[str], deadline: float) -> list[list[str]]:
-        sentences = self.segmenter.segment_all(texts, deadline)
+        sentences = self.segmentation.segment_all(texts, deadline)
         limit = self.settings.max_text_words
         for index, words in enumerate(sentences):
             if not words:
@@ -88,17 +116,6 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
         return [Sentiment(label=label.decode("utf-8"), class_id=int(class_id),
                           probabilities=[round(float(p), 6) for p in row])
                 for label, class_id, row in zip(labels, class_ids, softmax)]
-
-    def encode(self, request: OneLine | ManyLines | LineQuery | LegacyLine, texts: list[str],
-               prediction: Prediction[Sentiment], reply: type) -> Reply:
-        if reply is LegacyAnswer:
-            [result] = prediction.results
-            return LegacyAnswer(classes_id=result.class_id, labels=result.label, softmax=result.probabilities)
-        if isinstance(request, ManyLines):
-            return SentimentsAnswer(results=prediction.results, model_version=prediction.model_version)
-        [result] = prediction.results
-        return SentimentAnswer(label=result.label, class_id=result.class_id, probabilities=result.probabilities,
-                               model_version=prediction.model_version)
 
 
 def _where(index: int, texts: list[str]) -> str:

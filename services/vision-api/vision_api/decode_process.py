@@ -41,8 +41,9 @@ import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE
-from service_kit.core.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
-from vision_api.image_decoding import ImageHeader, decode_file, decode_flags, model_example
+from service_kit.core.refusals import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
+from vision_api.image_decoding import decode_file, decode_flags, model_example
+from vision_api.image_headers import ImageHeader
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ import cv2
 import numpy as np
 
 from model_preprocessing.image import MODEL_SIZE, mask_to_image
-from service_kit.core.batching import BatchDeadlineExceeded
 from service_kit.core.memory import ByteBudget
-from service_kit.core.model_endpoint import Busy, InputTooLarge, Prediction
+from service_kit.core.model_call import Prediction
+from service_kit.core.refusals import Busy, DeadlineExceeded, InputTooLarge
 from service_kit.core.service import Binary, ModelService
 from service_kit.http.contract import BINARY, QUERY, Operation, Reply
 from tfserving_client import ModelServerClient
 from vision_api.decode_process import CallerGaveUp, DecodePool
-from vision_api.image_decoding import ImageHeader, read_header
+from vision_api.image_headers import ImageHeader, read_header
 from vision_api.schemas import ImageForm, ImageJson, ImageQuery, LegacyMaskAnswer, MaskAnswer, RawImage
 from vision_api.settings import VisionApiSettings
 
@@ -40,7 +40,11 @@ class Image:
 JSON, PNG = "application/json", "image/png"
 _BODIES = {"image/*": RawImage, "application/octet-stream": RawImage, "multipart/form-data": ImageForm,
            JSON: ImageJson}
-_IMAGE_ERRORS = (413, 415, 422)  # too large or costly; not an image; an empty or 0-pixel one
+_IMAGE_ERRORS = {
+    413: "an image over a limit (`image_too_large`, `too_many_scans`, `image_too_costly`)",
+    415: "a body of another media type (`unsupported_media_type`), or not an image (`not_an_image`)",
+    422: "well-formed but unusable: an empty or 0-pixel image (`empty_image`)",
+}
 _LEGACY = ("The legacy `/predict` form existing clients call (the source documents' API). Their reply pickled a "
            "numpy array, which lets a server run code in its client; here the mask is a PNG in `mask_png`.")
 
@@ -151,8 +155,8 @@ class SaliencyService(ModelService[Image, np.ndarray, np.ndarray]):
         def remaining() -> float:
             return deadline - time.monotonic()
 
-        def expired() -> BatchDeadlineExceeded:
-            return BatchDeadlineExceeded("the request's deadline passed while its image was decoded")
+        def expired() -> DeadlineExceeded:
+            return DeadlineExceeded("the request's deadline passed while its image was decoded")
 
         if remaining() <= 0:
             raise expired()

@@ -6,16 +6,10 @@ import dataclasses
 
 from service_kit.core.memory import container_memory_limit
 from service_kit.core.settings import ServiceSettings, env
-from service_roster import service_of
-
-# This service in the roster: its model and body limit are stated there, once.
-ROSTER_ENTRY = service_of(__file__)
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionApiSettings(ServiceSettings):
-    model_name: str = env("MODEL_NAME", ROSTER_ENTRY.models[0])
-    max_body_bytes: int = env("MAX_BODY_BYTES", ROSTER_ENTRY.body_limit_bytes)
     # Checked from the image header before decoding: a 50 kB PNG can claim 100000x100000 pixels.
     # Images that need more memory than a worker's budget (below) are refused under this too.
     max_image_pixels: int = env("MAX_IMAGE_PIXELS", 40_000_000)

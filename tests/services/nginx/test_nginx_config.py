@@ -33,7 +33,8 @@ def render_local(tmp_path: Path) -> Path:
 
 def render_compose(tmp_path: Path) -> Path:
     path = tmp_path / "compose.conf"
-    path.write_text(nginx_conf.render(nginx_conf.values_for_compose(ROSTER), TEMPLATE))
+    path.write_text(nginx_conf.render(nginx_conf.values_for_compose(ROSTER, REPO_ROOT / nginx_conf.STATIC),
+                                      TEMPLATE))
     return path
 
 

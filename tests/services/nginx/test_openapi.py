@@ -1,6 +1,6 @@
 """The OpenAPI document nginx serves at /openapi.json: valid OpenAPI 3.1, written from the services'
 request and reply models (service_kit.http.openapi; `./stack generate` commits it, and
-tests/libs/test_generated_files.py compares), and listing exactly the public routes the roster's
+tests/roster_files/test_generated_files.py compares), and listing exactly the public routes the roster's
 services expose (nginx passes each service's routes and what is below them on; health and
 metrics routes stay internal)."""
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from tests.services.vision_api import crafted_images
-from vision_api.image_decoding import read_header
+from vision_api.image_headers import read_header
 from vision_api.saliency import SaliencyService
 from vision_api.settings import VisionApiSettings
 

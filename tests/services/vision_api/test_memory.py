@@ -18,7 +18,7 @@ from tests.conftest import required_in_ci
 from tests.memory_cgroup import CgroupUnavailable, memory_cgroup
 from tests.services.conftest import start_api
 from tests.services.vision_api.largest_images import largest_images
-from vision_api.image_decoding import read_header
+from vision_api.image_headers import read_header
 
 pytestmark = pytest.mark.slow
 

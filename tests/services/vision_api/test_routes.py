@@ -18,7 +18,7 @@ from service_kit.http.app import service_app
 from tests.conftest import REPO_ROOT
 from tests.services.vision_api import crafted_images
 from tests.services.vision_api.conftest import encode, photo, png_claiming
-from vision_api.image_decoding import ImageHeader
+from vision_api.image_headers import ImageHeader
 from vision_api.saliency import SaliencyService
 from vision_api.settings import VisionApiSettings
 

@@ -1,32 +1,27 @@
 """Each request's deadline, and where its time went (the `Server-Timing` header).
 
 A caller states how long it will wait with `X-Request-Timeout-Ms`, a whole number of milliseconds
-(clamped to MODEL_TIMEOUT_SECONDS);
-without it the service's REQUEST_TIMEOUT_MS applies. The clock starts when nginx passed the request
-on (`X-Request-Start: t=<seconds>`, nginx's $msec), so time spent waiting for a busy worker counts.
-The budget of the request being served is in a context variable (one per greenlet under gevent),
-so model code finds it without knowing HTTP.
+(clamped to MODEL_TIMEOUT_SECONDS); without it the service's REQUEST_TIMEOUT_MS applies. The clock
+starts when nginx passed the request on (`X-Request-Start: t=<seconds>`, nginx's $msec), so time
+spent waiting for a busy worker counts. Both headers are read once, by `read` (in front of Flask:
+service_kit.http.admission), and the budget is passed to every hook and to the model call.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import time
 from collections.abc import Callable
 
+from service_kit.core.refusals import InvalidTimeout
 from service_kit.core.settings import ServiceSettings
 
 HEADER = "X-Request-Timeout-Ms"
 START_HEADER = "X-Request-Start"
+# The same headers as WSGI environ keys.
+HEADER_KEY, START_HEADER_KEY = (f"HTTP_{name.upper().replace('-', '_')}" for name in (HEADER, START_HEADER))
 # A stamp further off than this is a clock problem, not a wait: ignored.
 _PLAUSIBLE_WAIT_SECONDS = 60.0
-
-_current: contextvars.ContextVar[RequestBudget | None] = contextvars.ContextVar("request_budget", default=None)
-
-
-class InvalidTimeout(ValueError):
-    """The timeout header is not a whole number of milliseconds, at least 1."""
 
 
 @dataclasses.dataclass
@@ -87,30 +82,23 @@ def waited_before(start_header: str | None) -> float:
     return waited if 0.0 <= waited < _PLAUSIBLE_WAIT_SECONDS else 0.0
 
 
-def begin(header: str | None, settings: ServiceSettings, start_header: str | None = None,
-          abandoned: Callable[[], bool] | None = None) -> contextvars.Token:
-    """Start the budget of the request being served (InvalidTimeout for a bad header)."""
-    now = time.monotonic()
+def read(timeout_header: str | None, start_header: str | None, settings: ServiceSettings,
+         abandoned: Callable[[], bool] | None = None, now: float | None = None) -> RequestBudget:
+    """The request's budget from its headers, read once (InvalidTimeout for a bad timeout header).
+    Under the batching modes kept for side-by-side benchmarks (MODEL_BATCHING coalesce and off: no
+    deadline rules) the deadline is the model timeout and a second from arrival, whatever the request
+    says: the one place that rule is decided."""
+    now = time.monotonic() if now is None else now
+    timeout = timeout_seconds(timeout_header, settings)
+    if settings.model_batching != "deadline":
+        return RequestBudget(now, now + settings.model_timeout_seconds + 1, arrived=now, abandoned=abandoned)
     received = now - waited_before(start_header)
-    return _current.set(RequestBudget(received, received + timeout_seconds(header, settings), arrived=now,
-                                      abandoned=abandoned))
+    return RequestBudget(received, received + timeout, arrived=now, abandoned=abandoned)
 
 
-def end(token: contextvars.Token) -> None:
-    _current.reset(token)
-
-
-def current() -> RequestBudget | None:
-    return _current.get()
-
-
-def current_or_default(settings: ServiceSettings) -> RequestBudget:
-    """The request's budget; outside a request (scripts, tests), one with the service's default."""
-    budget = _current.get()
-    if budget is None:
-        now = time.monotonic()
-        budget = RequestBudget(now, now + timeout_seconds(None, settings), arrived=now)
-    return budget
+def outside_a_request(settings: ServiceSettings) -> RequestBudget:
+    """A budget for model calls made outside a request (scripts, tests): the service's default."""
+    return read(None, None, settings)
 
 
 class RecentDuration:

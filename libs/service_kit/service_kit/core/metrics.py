@@ -1,6 +1,6 @@
 """Prometheus metrics that add up across gunicorn workers.
 
-Each worker is its own process; with PROMETHEUS_MULTIPROC_DIR set (service_kit.http.gunicorn_base does
+Each worker is its own process; with PROMETHEUS_MULTIPROC_DIR set (service_kit.http.gunicorn_config does
 it), every worker writes its samples there and `/metrics` sums them, so one scrape sees the
 whole instance. Without it (tests, a single process) the default registry is used.
 
@@ -41,8 +41,8 @@ MODEL_SERVER_ERRORS = Counter("model_server_errors_total", "Failed gRPC calls to
                               ["model", "method", "code"])
 MODEL_BATCH_SIZE = Histogram("model_request_batch_size", "Examples sent in one Predict call",
                              ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-# Why each batch left (service_kit.core.batching.RELEASE_REASONS), how full it was, how long each
-# example waited for it, and what was refused before any model work (SHED_REASONS).
+# Why each batch left (service_kit.core.batch_rules.RELEASE_REASONS), how full it was, how long each
+# example waited for it, and what was refused before any model work (service_kit.core.refusals.SHED_REASONS).
 MODEL_BATCH_RELEASES = Counter("model_batch_releases_total", "Batches sent, by why they left", ["model", "reason"])
 MODEL_BATCH_FILL = Histogram("model_batch_fill_ratio", "Examples in a batch / the largest batch allowed",
                              ["model"], buckets=(0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0))
@@ -53,7 +53,7 @@ MODEL_REQUESTS_SHED = Counter("model_requests_shed_total", "Requests refused bef
 
 
 class BatchMetrics:
-    """service_kit.core.batching's observer, as Prometheus metrics of one model."""
+    """service_kit.core.micro_batcher's observer, as Prometheus metrics of one model."""
 
     def __init__(self, model: str):
         self.model = model

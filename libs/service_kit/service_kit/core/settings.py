@@ -9,9 +9,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from service_roster import Service
+
 T = TypeVar("T", bound="ServiceSettings")
 
 BATCHING_MODES = ("deadline", "coalesce", "off")
+UNROSTERED_MAX_BODY_BYTES = 1024 * 1024
 
 
 def env(name: str, default: Any) -> Any:
@@ -34,6 +37,7 @@ class ServiceSettings:
     """What every service needs to reach its model; services subclass this with their own limits."""
 
     tfserving_address: str = env("TFSERVING_GRPC_ADDRESS", "127.0.0.1:8500")
+    # "": the model the service's roster entry names (services/<name>/service.toml; with_roster_defaults).
     model_name: str = env("MODEL_NAME", "")
     model_signature: str = env("MODEL_SIGNATURE", "serving_default")
     # A version label (e.g. "stable") to ask for instead of the newest version: moving the label
@@ -43,15 +47,16 @@ class ServiceSettings:
     model_retries: int = env("MODEL_RETRIES", 2)
     readiness_cache_seconds: float = env("READINESS_CACHE_SECONDS", 1.0)
     retry_after_seconds: int = env("RETRY_AFTER_SECONDS", 1)
-    max_body_bytes: int = env("MAX_BODY_BYTES", 1024 * 1024)
+    # 0: the roster entry's body_limit (nginx's client_max_body_size for its routes).
+    max_body_bytes: int = env("MAX_BODY_BYTES", 0)
     # How long a request may take when it does not say (X-Request-Timeout-Ms); requests that
-    # cannot be answered within their deadline are refused early with 503 (service_kit.core.batching).
+    # cannot be answered within their deadline are refused early with 503 (service_kit.core.batch_rules).
     # Long by default: callers that want answers within a bound say so. With 1 s, 1,000 closed-loop
     # connections to /lstm were refused en masse: each refusal answered at once was sent again at
     # once, and refusals (a gunicorn request each) took the CPU that answers needed
     # (bench/results/compare-issue15.md: 235,015 503s in 45 s).
     request_timeout_ms: float = env("REQUEST_TIMEOUT_MS", 10_000.0)
-    # How this worker's concurrent requests share Predict calls (service_kit.core.batching):
+    # How this worker's concurrent requests share Predict calls (service_kit.core.batch_rules):
     # "deadline" (each request's deadline and the model's recent latency decide when a batch
     # leaves), "coalesce" (whatever queued goes at once, no deadline rules), "off" (a call each).
     model_batching: str = env("MODEL_BATCHING", "deadline")
@@ -78,6 +83,15 @@ class ServiceSettings:
             raise ValueError(f"environment variable MODEL_BATCHING: {self.model_batching!r} is not one of "
                              f"{', '.join(BATCHING_MODES)}")
         object.__setattr__(self, "model_batching", mode)
+
+    def with_roster_defaults(self: T, entry: Service | None) -> T:
+        """These settings, with what the service's roster entry declares wherever they hold no value
+        of their own: its model and its body limit, stated once, in its service.toml (an app outside
+        the roster, a test's, gets a 1 MiB body limit)."""
+        declared = {"model_name": entry.model if entry else "",
+                    "max_body_bytes": entry.body_limit_bytes if entry else UNROSTERED_MAX_BODY_BYTES}
+        missing = {name: value for name, value in declared.items() if value and not getattr(self, name)}
+        return dataclasses.replace(self, **missing) if missing else self
 
     def worker_processes(self) -> int:
         return self.web_concurrency or os.cpu_count() or 1

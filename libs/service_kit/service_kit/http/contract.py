@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Union
 
 from pydantic import (
@@ -49,18 +49,21 @@ class Operation:
     model of what arrives there (a model, or any type pydantic validates, e.g. a union of models);
     for a raw body the model has one `bytes` field. `replies` maps the media types a 200 can be in
     to their models (BINARY for bytes); the first is the default when the caller has no preference.
-    `errors` are the statuses the operation's own checks answer with, besides the kit's
-    (400, 413, 415, 502, 503, 504)."""
+    `errors` maps the statuses the operation's own checks answer with, besides the kit's (400, 413,
+    415, 502, 503, 504), to what they mean, with their error codes (the document says it).
+    `encode`, when given, makes the reply instead of the service's `encode` hook, with its arguments:
+    (request, items, prediction, reply model)."""
 
     method: str
     path: str
     summary: str
     request: Mapping[str, Any]
     replies: Mapping[str, Any]
-    errors: tuple[int, ...] = ()
+    errors: Mapping[int, str] = dataclasses.field(default_factory=dict)
     # Read the body as JSON whatever its Content-Type says (the source documents' clients send none).
     json_whatever_the_content_type: bool = False
     description: str = ""
+    encode: Callable[[Any, list, Any, Any], Any] | None = None
 
     @property
     def operation_id(self) -> str:

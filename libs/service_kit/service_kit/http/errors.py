@@ -4,24 +4,34 @@ never as an HTML page or a stack trace."""
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 import grpc
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from service_kit.core import deadlines, metrics
-from service_kit.core.batching import BatchDeadlineExceeded, BatcherOverloaded
-from service_kit.core.model_endpoint import (
+from service_kit.core.refusals import (
     Busy,
+    DeadlineExceeded,
     InputError,
     InputTooLarge,
     InvalidInput,
+    InvalidTimeout,
+    Shed,
     UnsupportedInput,
     UnusableInput,
 )
 from tfserving_client import ModelServerError
 
 log = logging.getLogger("service_kit.http.errors")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_of(incoming: str) -> str:
+    """The caller's (or nginx's) request id if it is a plain token, else a new one."""
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
 class ApiError(Exception):
@@ -109,8 +119,8 @@ def register_error_handlers(app: Flask, retry_after_seconds: int, model_name: st
         log.warning("model server call failed: %s", error)
         return error_response(from_model_server(error, retry_after_seconds))
 
-    @app.errorhandler(BatcherOverloaded)
-    def overloaded(error: BatcherOverloaded):
+    @app.errorhandler(Shed)
+    def shed(error: Shed):
         # Refused before any model work (SHED_CODES); the batcher counted it.
         retry = {"Retry-After": str(retry_after_seconds)}
         if error.reason == "queue_full":
@@ -118,12 +128,12 @@ def register_error_handlers(app: Flask, retry_after_seconds: int, model_name: st
                                            retry))
         return error_response(ApiError(503, "deadline_unreachable", f"{error}; {DEADLINE_ADVICE}", retry))
 
-    @app.errorhandler(deadlines.InvalidTimeout)
-    def invalid_timeout(error: deadlines.InvalidTimeout):
+    @app.errorhandler(InvalidTimeout)
+    def invalid_timeout(error: InvalidTimeout):
         return error_response(ApiError(400, "invalid_timeout", str(error)))
 
-    @app.errorhandler(BatchDeadlineExceeded)
-    def deadline_exceeded(error: BatchDeadlineExceeded):
+    @app.errorhandler(DeadlineExceeded)
+    def deadline_exceeded(error: DeadlineExceeded):
         return error_response(ApiError(504, "model_timeout", "the model did not answer within its deadline"))
 
     @app.errorhandler(HTTPException)

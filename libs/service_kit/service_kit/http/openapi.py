@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of every roster service, written from their operations' request and reply
 models (service_kit.http.contract): what nginx serves at /openapi.json. `./stack generate` writes
-it (service_roster.generate); a test compares the committed file with what this makes."""
+it (roster_files.docs); a test compares the committed file with what this makes."""
 
 from __future__ import annotations
 
@@ -27,13 +27,8 @@ _KIT_ERRORS = {
          "(`deadline_unreachable`); retry after `Retry-After` seconds",
     504: "the model did not answer within the request's deadline (`model_timeout`)",
 }
-_OWN_ERRORS = {
-    413: "an input over a limit (`text_too_long`, `too_many_lines`, `too_many_words`, `image_too_large`, "
-         "`too_many_scans`, `image_too_costly`)",
-    415: "a body of another media type (`unsupported_media_type`), or not an image (`not_an_image`)",
-    422: "well-formed but unusable: no words after segmentation (`empty_text`), an empty or 0-pixel image "
-         "(`empty_image`)",
-}
+# What a body of the wrong media type gets, where an operation says nothing of 415 itself.
+_WRONG_MEDIA_TYPE = "a body of another media type (`unsupported_media_type`)"
 DESCRIPTION = (
     "Every error is JSON: `{\"error\": {\"code\", \"message\", \"request_id\"}}`; every answer carries `X-Request-ID`, "
     "and a model route's answer `Server-Timing` (ms spent in `preprocess`, `queue`, `model`, `postprocess`, "
@@ -50,7 +45,7 @@ def document(services: list[Service]) -> dict[str, Any]:
         for operation in cls.operations:
             paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
                 operation, service, settings.model_timeout_seconds, schemas)
-    models = ", ".join(f"`{model}` ({service.name})" for service in services for model in service.models)
+    models = ", ".join(f"`{service.model}` ({service.name})" for service in services)
     return {
         "openapi": "3.1.0",
         "info": {"title": "TensorFlow models over HTTP", "version": "1.0.0",
@@ -92,10 +87,9 @@ def _operation(operation: Operation, service: Service, timeout_seconds: float,
     responses: dict[str, Any] = {"200": {"description": "the model's answer", "content": ok}}
     statuses = set(_KIT_ERRORS) | set(operation.errors) | ({415} if bodies else set())
     for status in sorted(statuses):
-        reasons = [text for text in (_KIT_ERRORS.get(status), _OWN_ERRORS.get(status) if status in operation.errors
-                                     else None) if text]
+        reasons = [text for text in (_KIT_ERRORS.get(status), operation.errors.get(status)) if text]
         if status == 415 and 415 not in operation.errors:
-            reasons = ["a body of another media type (`unsupported_media_type`)"]
+            reasons = [_WRONG_MEDIA_TYPE]
         answer: dict[str, Any] = {"description": "; ".join(reasons),
                                   "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
         if status == 503:

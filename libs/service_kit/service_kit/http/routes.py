@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Request, Response, request
+from flask import Flask, Request, Response, g, request
 from pydantic import BaseModel, ValidationError
 
 from service_kit.core.service import Binary, ModelService
@@ -33,11 +33,12 @@ def _view(service: ModelService, operation: Operation):
 
     def view() -> Response:
         incoming = request._get_current_object()  # a proxy looks the context up at every use
-        deadline = service.deadline()
-        with service.room_for_body(body_bytes_needed(incoming) if sized else 0, deadline):
+        budget = g.budget  # read once, in front of Flask (service_kit.http.admission)
+        with service.room_for_body(body_bytes_needed(incoming) if sized else 0, budget.deadline):
             validated = read_request(operation, incoming, service.settings)
             media_type = negotiate(operation, incoming)
-            return as_response(service.handle(validated, operation.replies[media_type], deadline), media_type)
+            reply = service.handle(validated, operation.replies[media_type], budget, operation.encode)
+            return as_response(reply, media_type)
 
     view.__name__ = operation.operation_id
     view.__doc__ = operation.summary

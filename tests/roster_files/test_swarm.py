@@ -1,4 +1,4 @@
-"""compose.swarm.yaml (libs/service_roster/service_roster/swarm_stack.py) is compose.yaml's stack with
+"""compose.swarm.yaml (roster_files/swarm.py) is compose.yaml's stack with
 what swarm needs, and docker's own stack loader takes it. That it runs is tests/swarm's to show."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from service_roster.swarm_stack import HEALTH_INTERVAL, IGNORED, MODEL_SERVER_LABEL
+from roster_files.swarm import HEALTH_INTERVAL, IGNORED, MODEL_SERVER_LABEL
 from tests.conftest import API_NAMES, REPO_ROOT
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]

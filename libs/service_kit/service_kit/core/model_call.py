@@ -1,34 +1,24 @@
-"""One model behind a service, in the shape of LitServe's `LitAPI`: decode -> batch -> predict ->
-encode.
-
-The base owns what every service needs around TF Serving: the micro-batcher (or none, with
-MODEL_BATCHING off) and its metrics, the request's deadline and timings (service_kit.core.deadlines),
-and the Predict call with the signature, version label, output filter and deadline. A service
-subclasses it with two hooks, `to_inputs` (prepared examples -> the signature's input tensors) and
-`from_outputs` (output tensors -> one result per example); decoding a request into examples and
-encoding results into an answer stay in the service, around `predict`.
-
-Model code says what is wrong with an input by raising an `InputError` (service_kit.core.input_errors,
-re-exported here); it knows nothing of HTTP. service_kit.http.errors turns each into its status, in one place.
+"""One model's Predict calls for a worker's requests: batched with the worker's other requests of the
+moment within each request's deadline (the micro-batcher, MODEL_BATCHING), or one call each, with
+the signature, version label, output filter and deadline every call needs. A ModelService has one
+(service_kit.core.service); the service's hooks make its input tensors and read its output tensors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from service_kit.core import deadlines, metrics
-from service_kit.core.batching import BatcherOverloaded, BatchQueue, MicroBatcher
-from service_kit.core.input_errors import Busy, InputError, InputTooLarge, InvalidInput, UnsupportedInput, UnusableInput
+from service_kit.core.batch_rules import BatchQueue
+from service_kit.core.micro_batcher import MicroBatcher
+from service_kit.core.refusals import Shed
 from service_kit.core.settings import ServiceSettings
 from tfserving_client import ModelServerClient
-
-__all__ = ["Busy", "InputError", "InputTooLarge", "InvalidInput", "ModelEndpoint", "Prediction", "UnsupportedInput",
-           "UnusableInput"]
 
 Example = TypeVar("Example")
 Output = TypeVar("Output")
@@ -40,17 +30,22 @@ class Prediction(Generic[Output]):
     model_version: int | None  # the version that answered
 
 
-# With nothing let in for this long, the next request is (see ModelEndpoint.predicted_seconds).
+# With nothing let in for this long, the next request is (see ModelCall.predicted_seconds).
 PROBE_SECONDS = 0.05
 
 
-class ModelEndpoint(Generic[Example, Output]):
-    # The outputs to ask for (Predict's output_filter); None: every output of the signature.
-    output_names: tuple[str, ...] | None = None
+class ModelCall(Generic[Example, Output]):
+    """The Predict calls of one service's worker; `to_inputs` and `from_outputs` are its hooks."""
 
-    def __init__(self, client: ModelServerClient, settings: ServiceSettings):
+    def __init__(self, client: ModelServerClient, settings: ServiceSettings,
+                 to_inputs: Callable[[list[Example]], dict[str, np.ndarray]],
+                 from_outputs: Callable[[dict[str, np.ndarray], int], Sequence[Output]],
+                 output_names: tuple[str, ...] | None = None,
+                 batch_group: Callable[[Example], Hashable] | None = None):
         self.client = client
         self.settings = settings
+        self.to_inputs, self.from_outputs = to_inputs, from_outputs
+        self.output_names = output_names  # Predict's output_filter; None: every output of the signature
         self.batcher: MicroBatcher | None = None
         # From a request reaching the worker to its examples reaching the model's queue.
         self.preparation = deadlines.RecentDuration()
@@ -61,20 +56,7 @@ class ModelEndpoint(Generic[Example, Output]):
                                margin=settings.model_deadline_margin_ms / 1000,
                                coalesce_only=settings.model_batching == "coalesce")
             self.batcher = MicroBatcher(self._predict_batch, rules, metrics.BatchMetrics(settings.model_name),
-                                        group_of=self.batch_group)
-
-    def to_inputs(self, examples: list[Example]) -> dict[str, np.ndarray]:
-        """A batch of prepared examples as the signature's input tensors."""
-        raise NotImplementedError
-
-    def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[Output]:
-        """The signature's output tensors for a batch of `count` examples, one result per example."""
-        raise NotImplementedError
-
-    def batch_group(self, example: Example) -> Hashable:
-        """Only examples of one group share a model call: for inputs padded to a batch's longest
-        member, a length class. One group by default."""
-        return None
+                                        group_of=batch_group)
 
     def predicted_seconds(self, now: float) -> float:
         """How long a request arriving now would take to be answered: preparing it, then the
@@ -95,33 +77,25 @@ class ModelEndpoint(Generic[Example, Output]):
         return self._last_let_in is not None and now - self._last_let_in > PROBE_SECONDS
 
     def check_in_time(self, count: int, deadline: float) -> None:
-        """Refuse now (BatcherOverloaded), before costly preparation (segmenting, decoding), a
-        request the model's queue could not answer before its deadline (`predict` checks again)."""
+        """Refuse now (Shed), before costly preparation (segmenting, decoding), a request the
+        model's queue could not answer before its deadline (`predict` checks again)."""
         if self.batcher is not None and self.settings.model_batching == "deadline" \
                 and not self._probing(time.monotonic()):
             self.batcher.check_in_time(count, deadline)
 
-    def _deadline(self, budget: deadlines.RequestBudget) -> float:
-        """The request's deadline; the older modes keep their fixed one (the model timeout, and a second)."""
-        if self.settings.model_batching == "deadline":
-            return budget.deadline
-        return budget.arrived + self.settings.model_timeout_seconds + 1
-
-    def predict(self, examples: list[Example]) -> Prediction[Output]:
+    def predict(self, examples: list[Example], budget: deadlines.RequestBudget) -> Prediction[Output]:
         """A result for each example, batched with this worker's other requests of the moment,
-        within the request's deadline."""
-        budget = deadlines.current_or_default(self.settings)
+        by the request's deadline; the budget records when the examples were queued, sent and answered."""
         budget.submitted = self._last_let_in = time.monotonic()
         self.preparation.observe(budget.submitted - budget.arrived, budget.submitted)
-        deadline = self._deadline(budget)
         if self.batcher is None:
-            if deadline <= budget.submitted:
+            if budget.deadline <= budget.submitted:
                 metrics.MODEL_REQUESTS_SHED.labels(self.settings.model_name, "expired").inc()
-                raise BatcherOverloaded("expired", "the request's deadline passed before the model could be asked")
+                raise Shed("expired", "the request's deadline passed before the model could be asked")
             budget.dispatched = budget.submitted
-            answers = self._predict_batch(examples, deadline)
+            answers = self._predict_batch(examples, budget.deadline)
         else:
-            answers, budget.dispatched = self.batcher.submit_timed(examples, deadline, budget.abandoned)
+            answers, budget.dispatched = self.batcher.submit_timed(examples, budget.deadline, budget.abandoned)
         budget.answered = time.monotonic()
         return Prediction([output for output, _ in answers], answers[0][1])
 

@@ -1,5 +1,5 @@
-"""The service shape: a subclass supplies to_inputs/from_outputs, the base the Predict call,
-batching and the metric; model code's input errors become HTTP statuses in one place."""
+"""The service shape: a subclass supplies to_inputs/from_outputs, its ModelCall the Predict call,
+batching and the metric; model code's refusals become HTTP statuses in one place."""
 
 from __future__ import annotations
 
@@ -9,22 +9,23 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from service_kit.core.batching import BatchDeadlineExceeded
-from service_kit.core.model_endpoint import (
+from service_kit.core import deadlines
+from service_kit.core.refusals import (
     Busy,
+    DeadlineExceeded,
     InputTooLarge,
     InvalidInput,
-    ModelEndpoint,
     UnsupportedInput,
     UnusableInput,
 )
+from service_kit.core.service import ModelService
 from service_kit.core.settings import ServiceSettings
 from service_kit.http.app import create_service_app
 from service_kit.http.errors import register_error_handlers
 from tests.services.conftest import FakeModelClient
 
 
-class Doubler(ModelEndpoint[float, float]):
+class Doubler(ModelService[float, float, float]):
     output_names = ("y",)
 
     def to_inputs(self, examples: list[float]) -> dict[str, np.ndarray]:
@@ -39,7 +40,7 @@ def test_the_base_makes_the_predict_call_with_the_services_settings(batching):
     client = FakeModelClient(lambda inputs: {"y": inputs["x"] * 2})
     settings = ServiceSettings(model_name="doubler", model_signature="sig", model_version_label="stable",
                                model_batching=batching)
-    prediction = Doubler(client, settings).predict([1.0, 2.5])
+    prediction = Doubler(client, settings).predict([1.0, 2.5], deadlines.outside_a_request(settings))
     assert prediction.results == [2.0, 5.0] and prediction.model_version == 1
     [call] = client.calls
     assert call["model"] == "doubler" and call["signature_name"] == "sig" and call["version_label"] == "stable"
@@ -69,18 +70,18 @@ def test_healthz_answers_503_once_the_workers_batcher_stopped(monkeypatch):
     client = FakeModelClient(lambda inputs: {"y": inputs["x"] * 2})
     settings = ServiceSettings(model_name="doubler", request_timeout_ms=200.0)
     app = create_service_app(__name__, settings, client=client)
-    endpoint = app.extensions["service"] = Doubler(client, settings)
+    service = app.extensions["service"] = Doubler(client, settings)
     probe = app.test_client()
     assert probe.get("/healthz").status_code == 200
-    assert endpoint.predict([1.0]).results == [2.0]
+    assert service.predict([1.0], deadlines.outside_a_request(settings)).results == [2.0]
     assert probe.get("/healthz").status_code == 200
 
     def broken(now):
         raise RuntimeError("a bug in the rules")
 
-    monkeypatch.setattr(endpoint.batcher.rules, "decide", broken)
+    monkeypatch.setattr(service.model_call.batcher.rules, "decide", broken)
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the loop logs its own end
-    with pytest.raises(BatchDeadlineExceeded):  # 200 ms: the loop stopped as the request was queued
-        endpoint.predict([2.0])
+    with pytest.raises(DeadlineExceeded):  # 200 ms: the loop stopped as the request was queued
+        service.predict([2.0], deadlines.outside_a_request(settings))
     answer = probe.get("/healthz")
     assert answer.status_code == 503 and answer.json == {"status": "batcher_stopped"}

@@ -1,4 +1,4 @@
-"""jieba's work takes turns and yields (text_api.segmentation, issue 20 item 5): the largest
+"""jieba's work takes turns and yields (text_api.segmentation_queue, issue 20 item 5): the largest
 bodies neither hold a worker's loop nor, in a burst, outlast their deadlines or the worker."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import psutil
 import pytest
 import requests
 
-import text_api.segmentation
-from service_kit.core.batching import BatcherOverloaded
+import text_api.segmentation_queue
+from service_kit.core.refusals import Shed
 from tests.services.conftest import start_api
-from text_api.segmentation import Segmenter
+from text_api.segmentation_queue import SegmentationQueue
 
 # The largest body text-api takes: 64 lines of 2,000 characters (384 KB of UTF-8).
 LONGEST_LINE = ("这家店的菜很好吃服务也不错下次还会再来" * 106)[:2000]
@@ -23,10 +23,10 @@ JSON = {"Content-Type": "application/json"}
 
 
 def test_segmentation_ahead_is_counted_before_a_request_starts():
-    segmenter = Segmenter("lstm")
+    segmenter = SegmentationQueue("lstm")
     segmenter.seconds_per_character = 1e-3
     segmenter.characters_ahead = 5_000  # 5 s of other requests' texts
-    with pytest.raises(BatcherOverloaded) as refused:
+    with pytest.raises(Shed) as refused:
         segmenter.segment_all(["很好"], deadline=time.monotonic() + 1)
     assert refused.value.reason == "predicted_late"
     segmenter.characters_ahead = 0
@@ -38,13 +38,13 @@ def test_a_deadline_that_passes_mid_request_stops_its_segmentation(monkeypatch):
     segmentation took 0.77 s of wall time (issue 33 item 10), and a bound in seconds failed while the
     rule held."""
     begun = []
-    real_segment = text_api.segmentation.segment
-    monkeypatch.setattr(text_api.segmentation, "segment", lambda text: begun.append(time.monotonic())
+    real_segment = text_api.segmentation_queue.segment
+    monkeypatch.setattr(text_api.segmentation_queue, "segment", lambda text: begun.append(time.monotonic())
                         or real_segment(text))
-    segmenter = Segmenter("lstm")
+    segmenter = SegmentationQueue("lstm")
     segmenter.seconds_per_character = 1e-9  # admitted: the estimate says it is cheap
     deadline = time.monotonic() + 0.05
-    with pytest.raises(BatcherOverloaded) as refused:
+    with pytest.raises(Shed) as refused:
         segmenter.segment_all([LONGEST_LINE] * 64, deadline=deadline)
     assert refused.value.reason == "expired"
     # The one whose check came just before the deadline may be seen to begin just after it.

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service_roster import Service, generate
-from service_roster.generate import generated_files
+from roster_files import docs, generated_files, stale_files
+from roster_files.__main__ import main as generate
+from service_roster import Service
 from tests.conftest import REPO_ROOT, ROSTER
 from tests.libs.test_service_roster import roster_entry
 
 # A service the roster lacks (a name no user would pick: a copy may already have tests/own_model.py's).
 THIRD = dataclasses.replace(ROSTER[0], name="made-up-api", package="made_up_api", routes=("/made-up", "/made-up-too"),
-                            body_limit="64k", models=("made_up",), index=("POST /made-up",), preload="")
+                            body_limit="64k", model="made_up", preload="")
 ROW = "| `made-up-api` | `made_up_api` | `/made-up`, `/made-up-too` | `made_up` | 64 KB |\n"
 
 
@@ -31,11 +32,11 @@ def add_service(repo: Path, service: Service) -> None:
 def test_the_committed_file_is_what_the_generator_writes(path):
     committed = (REPO_ROOT / path).read_text() if (REPO_ROOT / path).is_file() else None
     assert committed == generated_files(REPO_ROOT)[path], \
-        f"{path} is made from the roster: run `./stack generate` (python -m service_roster.generate) and commit it"
+        f"{path} is made from the roster: run `./stack generate` (python -m roster_files) and commit it"
 
 
 def test_no_generated_file_is_left_from_a_service_that_is_gone():
-    assert generate.stale_files(REPO_ROOT) == [], "run `./stack generate`: it removes them"
+    assert stale_files(REPO_ROOT) == [], "run `./stack generate`: it removes them"
 
 
 def copy_for_generating(target: Path, *extra: Service) -> Path:
@@ -44,7 +45,7 @@ def copy_for_generating(target: Path, *extra: Service) -> Path:
     for service in (REPO_ROOT / "services").glob("*/service.toml"):
         (target / service.parent.relative_to(REPO_ROOT)).mkdir(parents=True)
         shutil.copy(service, target / service.relative_to(REPO_ROOT))
-    shutil.copy(REPO_ROOT / generate.SERVICES_README, target / generate.SERVICES_README)
+    shutil.copy(REPO_ROOT / docs.SERVICES_README, target / docs.SERVICES_README)
     shutil.copy(REPO_ROOT / "compose.yaml", target / "compose.yaml")
     shutil.copytree(REPO_ROOT / "k8s", target / "k8s")
     for service in extra:
@@ -79,21 +80,21 @@ def test_a_third_service_gets_its_route_objects_scrape_job_and_readme_row(repo_w
     jobs = {job["job_name"]: job for job in yaml.safe_load(files["monitoring/prometheus.yml"])["scrape_configs"]}
     assert jobs[THIRD.name]["dns_sd_configs"][0]["names"] == [THIRD.name]
 
-    readme = files[generate.SERVICES_README]
+    readme = files[docs.SERVICES_README]
     assert ROW in readme
-    assert readme.replace(ROW, "") == (REPO_ROOT / generate.SERVICES_README).read_text(), "only the table changes"
+    assert readme.replace(ROW, "") == (REPO_ROOT / docs.SERVICES_README).read_text(), "only the table changes"
 
 
 def test_the_command_writes_checks_and_removes_what_a_gone_service_left(repo_with_a_third_service, capsys):
     repo = repo_with_a_third_service
-    assert generate.main(["--repo", str(repo), "--check"]) == 1
+    assert generate(["--repo", str(repo), "--check"]) == 1
     assert "k8s/base/made-up-api/kustomization.yaml" in capsys.readouterr().out
-    assert generate.main(["--repo", str(repo)]) == 0
-    assert generate.main(["--repo", str(repo), "--check"]) == 0
+    assert generate(["--repo", str(repo)]) == 0
+    assert generate(["--repo", str(repo), "--check"]) == 0
     shutil.rmtree(repo / "services" / THIRD.name)
-    assert generate.main(["--repo", str(repo), "--check"]) == 1
+    assert generate(["--repo", str(repo), "--check"]) == 1
     assert "no longer has" in capsys.readouterr().out
-    assert generate.main(["--repo", str(repo)]) == 0
+    assert generate(["--repo", str(repo)]) == 0
     assert not (repo / "k8s" / "base" / THIRD.name).exists()
     assert (repo / "k8s" / "base" / "api-service" / "kustomization.yaml").exists(), "hand-written: kept"
 
@@ -105,6 +106,6 @@ def test_k8s_needs_a_name_it_can_prefix(repo_with_a_third_service):
 
 
 def test_a_readme_without_the_markers_is_refused(repo_with_a_third_service):
-    (repo_with_a_third_service / generate.SERVICES_README).write_text("# services\n")
+    (repo_with_a_third_service / docs.SERVICES_README).write_text("# services\n")
     with pytest.raises(ValueError, match="roster table"):
         generated_files(repo_with_a_third_service)

@@ -1,6 +1,6 @@
 """The gunicorn config of every API service, in containers and in local mode alike:
 
-    gunicorn -c python:service_kit.http.gunicorn_base       (in the service's folder, or /app in its image)
+    gunicorn -c python:service_kit.http.gunicorn_config       (in the service's folder, or /app in its image)
 
 The service is the roster entry in the working directory (service.toml): its package gives the
 app, its preload runs here in the master. Each value can be changed per deployment with the
@@ -33,7 +33,7 @@ if SERVICE.preload:
 bind = [os.environ.get("API_BIND", "0.0.0.0:8000")]
 # gevent: one worker holds many slow connections while it waits on the model server. The work
 # that is CPU-bound (JSON, jieba, OpenCV) wants about one worker per core.
-worker_class = "service_kit.http.worker.GrpcGeventWorker"
+worker_class = "service_kit.http.gunicorn_worker.GrpcGeventWorker"
 workers = ServiceSettings.from_env().worker_processes()
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A worker silent for this long is killed and replaced; requests have their own, shorter deadlines.
@@ -58,7 +58,7 @@ limit_request_field_size = 0
 # gunicorn's C parser (gunicorn_h1c, picohttpparser) when installed, as the API images have it;
 # "python" for gunicorn's own.
 http_parser = os.environ.get("GUNICORN_HTTP_PARSER", "auto")
-# Workers build the app themselves, after gevent has patched them (see service_kit.http.worker).
+# Workers build the app themselves, after gevent has patched them (see service_kit.http.gunicorn_worker).
 preload_app = False
 # Several instances run side by side in local mode; the control socket would be shared.
 control_socket_disable = True
@@ -67,7 +67,7 @@ control_socket_disable = True
 accesslog = None
 errorlog = "-"
 logconfig_dict = LOGCONFIG
-logger_class = "service_kit.http.gunicorn_base.NoAccessLineLogger"
+logger_class = "service_kit.http.gunicorn_config.NoAccessLineLogger"
 
 
 class NoAccessLineLogger(glogging.Logger):

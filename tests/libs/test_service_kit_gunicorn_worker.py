@@ -10,7 +10,7 @@ from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from service_kit.http.worker import OneSendResponse
+from service_kit.http.gunicorn_worker import OneSendResponse
 
 
 class RecordingSocket:

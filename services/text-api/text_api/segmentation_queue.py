@@ -1,4 +1,5 @@
-"""jieba's share of a worker: segmentation is pure-Python CPU work on the worker's only gevent loop.
+"""A deadline-aware queue in front of jieba: segmentation is pure-Python CPU work on the worker's only
+gevent loop.
 
 One maximal request (64 lines of 2,000 characters) is ~0.5 s of jieba; segmented in one go it held
 the loop that long (health checks and every other request on the worker waited), and a burst of
@@ -15,7 +16,7 @@ import time
 
 from model_preprocessing.text import segment
 from service_kit.core import metrics
-from service_kit.core.batching import BatcherOverloaded
+from service_kit.core.refusals import Shed
 
 # jieba on this machine: ~4 us a character (128,000 in 0.55 s); learnt from the work itself.
 INITIAL_SECONDS_PER_CHARACTER = 5e-6
@@ -28,7 +29,7 @@ _YIELD_AFTER_SECONDS = 0.002
 _YIELD_SECONDS = 1e-4
 
 
-class Segmenter:
+class SegmentationQueue:
     """Segments the texts of one request at a time (first come, first served), yielding between
     texts; gevent's monkey-patching makes the lock and the sleep cooperative."""
 
@@ -40,7 +41,7 @@ class Segmenter:
         self._unyielded = 0.0  # seconds of segmentation since the loop last had a turn
 
     def segment_all(self, texts: list[str], deadline: float) -> list[list[str]]:
-        """Each text's words, or BatcherOverloaded when they cannot be ready before `deadline`."""
+        """Each text's words, or Shed when they cannot be ready before `deadline`."""
         characters = sum(len(text) for text in texts)
         finish = time.monotonic() + (self.characters_ahead + characters) * self.seconds_per_character
         if finish > deadline:
@@ -74,4 +75,4 @@ class Segmenter:
 
     def _refuse(self, reason: str, message: str) -> None:
         metrics.MODEL_REQUESTS_SHED.labels(self.model_name, reason).inc()
-        raise BatcherOverloaded(reason, message)
+        raise Shed(reason, message)

@@ -1,9 +1,0 @@
-"""`python -m service_roster service.toml`: the service's preload, once (its image build runs this, so
-caches the preload writes, like jieba's dictionary, are in the image)."""
-
-import sys
-from pathlib import Path
-
-from service_roster import read_service, run_preload
-
-run_preload(read_service(Path(sys.argv[1])))
