@@ -55,6 +55,9 @@ def test_a_services_model_and_body_limit_come_from_its_roster_entry_unless_set()
     assert SaliencyService(object(), VisionApiSettings()).settings.max_body_bytes == 20 * 2**20
     chosen = SentimentService(object(), TextApiSettings.from_env({"MODEL_NAME": "lstm_v2", "MAX_BODY_BYTES": "1000"}))
     assert (chosen.settings.model_name, chosen.settings.max_body_bytes) == ("lstm_v2", 1000)
+    from bench.constant_app import ConstantSentiment  # a subclass outside the service's folder
+
+    assert ConstantSentiment(object(), TextApiSettings()).settings.model_name == "lstm"
     bare = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())
     assert bare.config["MAX_CONTENT_LENGTH"] == 1024 * 1024, "an app outside the roster (a test's)"
 

@@ -81,11 +81,14 @@ def service_of(module_file: str) -> Service:
 
 
 def entry_of(cls: type) -> Service | None:
-    """The roster entry of the service a class is defined in (`<service>/<package>/<module>.py`), or
-    None for a class outside any service's folder (a test's)."""
-    module = sys.modules.get(cls.__module__)
-    path = Path(getattr(module, "__file__", None) or ".").resolve().parents[1] / ROSTER_FILE
-    return read_service(path) if path.is_file() else None
+    """The roster entry of the service a class (or the nearest class it extends) is defined in
+    (`<service>/<package>/<module>.py`), or None for one outside any service's folder (a test's)."""
+    for defining in cls.__mro__:
+        module = sys.modules.get(defining.__module__)
+        path = Path(getattr(module, "__file__", None) or ".").resolve().parents[1] / ROSTER_FILE
+        if path.is_file():
+            return read_service(path)
+    return None
 
 
 def service_class(service: Service) -> type:
