@@ -21,6 +21,12 @@ from service_kit.core.settings import ServiceSettings
 from service_kit.http.logs import LOGCONFIG
 from service_roster import ROSTER_FILE, read_service, run_preload
 
+# gRPC's fork handlers off, before the workers load gRPC: a worker forks helpers (vision-api's decoding
+# children) while its channel has threads, and with the handlers on (grpcio 1.85's default) they ran in
+# the forked child and aborted it (SIGABRT, "epoll_wait error: Bad file descriptor") before it could
+# exec: 14 of 300 forks on an idle machine, 47-71 of 200 on a busy one. Nothing forked here uses gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 SERVICE = read_service(Path(ROSTER_FILE).resolve())
 wsgi_app = "service_kit.http.app:roster_app()"
 if SERVICE.preload:
