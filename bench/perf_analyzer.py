@@ -57,7 +57,7 @@ import numpy as np
 import requests
 
 from bench.corpus import CORPUS
-from bench.run import machine
+from bench.run import machine, stop_process_group
 from local_stack.topology import free_port
 from model_preprocessing.image import MODEL_SIZE, model_input, to_rgb8
 from model_preprocessing.text import segment
@@ -179,7 +179,7 @@ def model_server(log_dir: Path, models: list[str], batching: bool = True) -> Ite
             time.sleep(0.25)
         yield server
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 def _available(rest_url: str, model: str) -> bool:
@@ -188,19 +188,6 @@ def _available(rest_url: str, model: str) -> bool:
     except (requests.RequestException, ValueError):
         return False
     return any(v.get("state") == "AVAILABLE" for v in status.get("model_version_status", []))
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
 
 
 def write_input_data(model: str, directory: Path) -> tuple[Path, list[str]]:

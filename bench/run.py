@@ -32,6 +32,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,8 @@ def cpu_seconds(pids: list[int]) -> float:
 def run_wrk(cell: Cell, url: str, script: str, pids: list[int], env: dict[str, str] | None = None) -> Cell:
     threads = 2 if cell.connections >= 2 else 1
     timeout = "10s"
-    command = ["wrk", f"-t{threads}", f"-c{cell.connections}", f"-d{cell.seconds}s", f"--timeout={timeout}",
+    seconds = max(1, round(cell.seconds))  # wrk takes whole seconds ("15.0s" is refused)
+    command = ["wrk", f"-t{threads}", f"-c{cell.connections}", f"-d{seconds}s", f"--timeout={timeout}",
                "--latency", "-s", str(WRK_DIR / script), url]
     before = cpu_seconds(pids)
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
@@ -132,6 +134,21 @@ def run_wrk(cell: Cell, url: str, script: str, pids: list[int], env: dict[str, s
     say(f"{cell.variant:<14} {cell.route:<14} c={cell.connections:<5} {cell.rps:8.1f} req/s  "
         f"p50 {cell.p50_ms:7.1f}  p99 {cell.p99_ms:7.1f} ms  failed {cell.failed}")
     return cell
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """A server started in a session of its own (start_new_session), with everything it started:
+    SIGTERM, then SIGKILL after 30 s."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 @contextlib.contextmanager

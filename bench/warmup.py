@@ -56,8 +56,8 @@ import numpy as np
 import requests
 
 from bench.corpus import CORPUS
-from bench.perf_analyzer import _available, _stop
-from bench.run import machine
+from bench.perf_analyzer import _available
+from bench.run import machine, stop_process_group
 from local_stack import compose_file
 from local_stack.topology import free_port
 from model_preprocessing.image import MODEL_SIZE, model_input, to_rgb8
@@ -157,7 +157,7 @@ def fresh_server(start: Start, repository: Path = MODELS) -> Iterator[tuple[str,
         start.ready_s = time.monotonic() - began
         yield f"127.0.0.1:{grpc_port}", rest_url
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 def _tail(log: Path, lines: int = 30) -> str:

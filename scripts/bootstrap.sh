@@ -4,6 +4,7 @@
 # for changes, this tree's own projects only when one of them (or the tree's place) changes.
 #   scripts/bootstrap.sh              what the stack needs (./stack up)
 #   scripts/bootstrap.sh --for-tests  and what the test suite needs besides (./stack test)
+#   scripts/bootstrap.sh --peers      only the benchmark's peers' venv (bench.peers, on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +14,33 @@ mode=${1:-}
 # The repository's own projects: libraries, client, model server, and the tools at the root. The API
 # services are not among them: a service is its roster entry's folder (below).
 projects=$(dirname libs/*/pyproject.toml client/pyproject.toml tfserving/pyproject.toml pyproject.toml)
-# requirements/perf-analyzer.txt is left out: it is installed apart, with a stamp of its own (below).
+# requirements/perf-analyzer.txt and peers.txt are left out: each is installed apart, with a stamp of its own (below).
 venv_requirements=()
-for file in requirements/*.txt; do [ "$file" = requirements/perf-analyzer.txt ] || venv_requirements+=("$file"); done
+for file in requirements/*.txt; do
+  case "$file" in requirements/perf-analyzer.txt|requirements/peers.txt) ;; *) venv_requirements+=("$file") ;; esac
+done
+
+# The peers bench.peers measures the stack against (LitServe, BentoML) in a venv of their own, .venv-peers:
+# they pin web frameworks of their own, and the model runs in their processes (TensorFlow). Pinned in
+# requirements/peers.txt; made again only when it changes.
+install_peers() {
+  local venv=.venv-peers want
+  want=$(sha256sum requirements/peers.txt | cut -d' ' -f1)
+  [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ] || return 0
+  echo "bootstrap: installing the benchmark's peers (LitServe, BentoML) into $venv (first run: about 2 minutes)"
+  rm -rf "$venv"
+  "$PYTHON" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -r requirements/peers.txt
+  # The peer apps (bench.peer_apps) and the segmentation they share with text-api, editable from this
+  # tree, without their dependencies (the pins above are the peers' own).
+  "$venv/bin/python" -m pip install --quiet --no-deps -e . -e libs/model_preprocessing
+  echo "$want" > "$venv/.requirements.sha256"
+}
+if [ "$mode" = --peers ]; then
+  install_peers
+  exit 0
+fi
 # Third-party packages: the requirement lines as a set, so a new service whose requirements.txt says only
 # `-r ../api-requirements.txt` (a file counted here already) asks for nothing new.
 requirements_stamp="$VENV/.requirements.sha256"
@@ -144,6 +169,8 @@ if [ "$mode" = --for-tests ] && [ "$(cat "$perf_analyzer_dir/.requirements.sha25
   chmod +x "$VENV/bin/perf_analyzer" "$perf_analyzer_dir/bin/perf_analyzer"
   echo "$perf_analyzer_want" > "$perf_analyzer_dir/.requirements.sha256"
 fi
+
+[ "$mode" != --for-tests ] || install_peers
 
 # `kubectl kustomize` with kustomize v5 builds k8s/ in its tests: Debian's kubectl, from trixie (bookworm's
 # kubernetes-client 1.20 has kustomize v2). On its own, and not fatal: a kubectl from elsewhere may be in the way.
