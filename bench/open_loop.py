@@ -20,18 +20,23 @@ own, up side by side and measured cell by cell alternately:
 - `shared`: both on every core, as a single machine runs them.
 Capacity is measured under each placement, with k6 in closed loop (100 callers, no deadline); the
 rates are shares of it. Every request carries the same deadline (X-Request-Timeout-Ms). Each cell
-reports k6's own CPU and the starts it could not send. Last, on the split stack, the CPU a refusal
-costs when nginx makes it (the bound full: the API processes stopped while requests hold every
-place) and when a worker makes it (a 1 ms deadline, which admission refuses).
+reports k6's own CPU and the starts it could not send, where admitted requests' time went (their
+Server-Timing, and the client's time outside the worker) and who refused (nginx, or a worker and why:
+a worker's refusal frees its place in nginx's bound at once, so refusals made there cost the most).
+Last, on the split stack, the CPU a refusal costs when nginx makes it (the bound full: the API
+processes stopped while requests hold every place) and when a worker makes it (a 1 ms deadline,
+which admission refuses).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -51,6 +56,10 @@ from local_stack.processes import SupervisedProcess
 
 K6_SCRIPT = REPO_ROOT / "bench" / "k6" / "lstm.js"
 FAILURE_KINDS = ("no_answer", "502", "504", "other")  # bench/k6/lstm.js's counters
+# An admitted request's time, from bench/k6/lstm.js's stage trends: `outside` is the client's time
+# the worker did not see (nginx, the kernel, waiting to be read), the others its Server-Timing.
+STAGES = ("outside", "preprocess", "queue", "model", "total")
+_SHED_LINE = re.compile(r'^model_requests_shed_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', re.MULTILINE)
 # Each variant: MODEL_BATCHING, and whether nginx bounds the requests in flight per instance
 # (service_roster's max_in_flight; "unbounded": every request queues in a worker, as before issue 25).
 VARIANTS = {"no batching": ("off", True), "coalescing": ("coalesce", True),
@@ -79,6 +88,8 @@ class OpenLoopCell:
     shed_p99_ms: float = 0.0
     k6_cpu_ms_per_s: float = 0.0  # the load generator's own CPU
     k6_cpu_us_per_start: float = 0.0
+    stages: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # stage -> p50, p99 ms
+    refused_by: dict[str, int] = dataclasses.field(default_factory=dict)  # nginx, or a worker's reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +171,20 @@ def capacity(url: str, seconds: float, callers: int, placement: Placement) -> fl
     return rate
 
 
+def worker_refusals(metrics_urls: list[str]) -> collections.Counter[str]:
+    """The workers' refusals so far, by reason (model_requests_shed_total, summed over instances)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for url in metrics_urls:
+        for reason, value in _SHED_LINE.findall(requests.get(url, timeout=10).text):
+            counts[reason] += int(float(value))
+    return counts
+
+
 def open_loop_cell(url: str, placement: Placement, variant: str, share: float, rate: float, seconds: float,
-                   deadline_ms: float, callers: int) -> OpenLoopCell:
+                   deadline_ms: float, callers: int, metrics_urls: list[str] = ()) -> OpenLoopCell:
+    """One cell; `metrics_urls` (the text-api instances' /metrics) tell who refused: what the
+    workers did not refuse, nginx did (its bound)."""
+    refused_before = worker_refusals(metrics_urls)
     metrics, k6_cpu = run_k6(url, seconds, {"RATE": str(max(1, round(rate))), "VUS": str(callers),
                                             "MAX_VUS": str(callers * 4), "DEADLINE_MS": f"{deadline_ms:g}"},
                              placement.k6_cpus)
@@ -174,6 +197,12 @@ def open_loop_cell(url: str, placement: Placement, variant: str, share: float, r
                         p999_ms=_trend(metrics, "admitted_ms", "p(99.9)"),
                         shed_p99_ms=_trend(metrics, "shed_ms", "p(99)"))
     cell.failed = sum(cell.failures.values())
+    cell.stages = {stage: (_trend(metrics, f"stage_{stage}_ms", "p(50)"), _trend(metrics, f"stage_{stage}_ms", "p(99)"))
+                   for stage in STAGES if f"stage_{stage}_ms" in metrics}
+    if metrics_urls:
+        by_workers = worker_refusals(metrics_urls) - refused_before
+        by_workers.pop("client_gone", None)  # never answered: k6 waits for every answer
+        cell.refused_by = {"nginx": max(0, cell.shed - sum(by_workers.values())), **by_workers}
     cell.admitted_rps = cell.admitted / seconds
     cell.in_deadline_rps = _count(metrics, "in_deadline") / seconds
     cell.k6_cpu_ms_per_s = 1000 * k6_cpu / seconds
@@ -265,6 +294,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, float], list[OpenLoopCell],
         with contextlib.ExitStack() as stacks:
             urls: dict[tuple[str, str], str] = {}
             running: dict[tuple[str, str], list[SupervisedProcess]] = {}
+            scrapes: dict[tuple[str, str], list[str]] = {}
             for placement in args.placements:
                 for variant in args.variants:
                     mode, bounded = VARIANTS[variant]
@@ -275,6 +305,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, float], list[OpenLoopCell],
                         work / name, topology.free_port(), env={"MODEL_BATCHING": mode}, unbounded=not bounded))
                     pin(pids, placement.stack_cpus)
                     urls[(placement.name, variant)], running[(placement.name, variant)] = url + "/lstm", processes
+                    scrapes[(placement.name, variant)] = [
+                        f"{p.spec.address}/metrics" for p in processes if p.spec.name.startswith("text-api-")]
             for placement in args.placements:
                 measured[placement.name] = capacity(urls[(placement.name, PRODUCTION)], args.capacity_seconds,
                                                     args.callers, placement)
@@ -283,7 +315,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, float], list[OpenLoopCell],
                     for variant in args.variants:
                         cells.append(open_loop_cell(urls[(placement.name, variant)], placement, variant, share,
                                                     share * measured[placement.name], args.seconds,
-                                                    args.deadline_ms, args.callers))
+                                                    args.deadline_ms, args.callers,
+                                                    scrapes[(placement.name, variant)]))
             first = args.placements[0]
             costs = refusal_costs(urls[(first.name, PRODUCTION)], running[(first.name, PRODUCTION)], first,
                                   args.refusal_seconds)
@@ -307,6 +340,20 @@ def _table(cells: list[OpenLoopCell], measured: float) -> list[str]:
                      f"| {c.p99_ms:.1f} | {c.p999_ms:.1f} | {c.shed} | {c.shed_p99_ms:.1f} | {c.failed}"
                      f"{' ' + str(c.failures) if c.failures else ''} | {c.unsent} | {c.k6_cpu_ms_per_s:.0f} "
                      f"| {c.k6_cpu_us_per_start:.0f} |")
+    return lines
+
+
+def _where_table(cells: list[OpenLoopCell]) -> list[str]:
+    """Where admitted requests' time went (p50 / p99 ms of each stage), and who refused."""
+    reasons = sorted({reason for c in cells for reason in c.refused_by} - {"nginx"})
+    lines = ["| batcher | load | " + " | ".join(f"{stage} ms" for stage in STAGES) + " | refused by nginx | "
+             + " | ".join(f"worker: {reason}" for reason in reasons) + " |",
+             "|---|---:|" + "---:|" * (len(STAGES) + 1 + len(reasons))]
+    for c in cells:
+        timings = " | ".join(f"{c.stages[stage][0]:.1f} / {c.stages[stage][1]:.1f}" if stage in c.stages else ""
+                             for stage in STAGES)
+        refusals = " | ".join(str(c.refused_by.get(reason, 0)) for reason in reasons)
+        lines.append(f"| {c.variant} | {c.share:.0%} | {timings} | {c.refused_by.get('nginx', '')} | {refusals} |")
     return lines
 
 
@@ -352,7 +399,10 @@ def report(measured: dict[str, float], cells: list[OpenLoopCell], costs: list[Re
                       f"{sorted(placement.stack_cpus)}, k6 on {k6_where})", "",
                   f"Capacity under this placement (k6, {args.callers} closed-loop callers, no deadline): "
                   f"{measured[placement.name]:.0f} answers/s.", "",
-                  *_table(mine, measured[placement.name]), "", "Goals (issue 35):", "",
+                  *_table(mine, measured[placement.name]), "",
+                  "Where admitted requests' time went (p50 / p99 ms; `outside`: the client's time the worker "
+                  "did not see, in nginx, the kernel and waiting to be read) and who refused:", "",
+                  *_where_table(mine), "", "Goals (issue 35):", "",
                   *goals(mine, measured[placement.name], args.deadline_ms)]
     if costs:
         lines += ["", f"## What a refusal costs ({args.placements[0].name} placement)", "",

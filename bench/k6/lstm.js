@@ -14,6 +14,11 @@ const inDeadline = new Counter("in_deadline");
 // Failures by kind: no answer (status 0), 502, 504, any other status.
 const failed = { 0: new Counter("failed_no_answer"), 502: new Counter("failed_502"), 504: new Counter("failed_504") };
 const failedOther = new Counter("failed_other");
+// Where an admitted request's time went, from its Server-Timing (the worker's stages) and the
+// client's own time: `outside` is what the worker did not see (nginx, the kernel, waiting to be read).
+const STAGES = ["preprocess", "queue", "model", "postprocess", "total"];
+const stages = Object.fromEntries(STAGES.map((name) => [name, new Trend(`stage_${name}_ms`, true)]));
+const outside = new Trend("stage_outside_ms", true);
 
 const duration = `${__ENV.SECONDS}s`;
 export const options = {
@@ -37,6 +42,11 @@ export default function () {
   const ms = t.blocked + t.connecting + t.duration;
   if (reply.status === 200) {
     admitted.add(ms);
+    for (const part of (reply.headers["Server-Timing"] || "").split(",")) {
+      const found = part.trim().match(/^(\w+);dur=([0-9.]+)$/);
+      if (found && stages[found[1]]) stages[found[1]].add(Number(found[2]));
+      if (found && found[1] === "total") outside.add(ms - Number(found[2]));
+    }
     if (__ENV.DEADLINE_MS && ms <= Number(__ENV.DEADLINE_MS)) inDeadline.add(1);
   }
   else if (reply.status === 503) shed.add(ms);

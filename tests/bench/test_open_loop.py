@@ -1,7 +1,7 @@
 """The open-loop harness in its quick form, so it cannot rot: the production stack under both
 placements (the stack on one core and k6 on the other; both on both), k6 sending on schedule at
-25% and 120% of each placement's measured capacity, what a refusal costs, and the table, JSON and
-plot written from real answers."""
+25% and 120% of each placement's measured capacity, where admitted requests' time went and who
+refused, what a refusal costs, and the table, JSON and plot written from real answers."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def test_quick_open_loop_cells_run_end_to_end(tmp_path):
         assert cell["variant"] == "deadline-aware"
         assert cell["admitted"] > 0 and cell["p99_ms"] >= cell["p50_ms"] > 0, cell
         assert cell["k6_cpu_ms_per_s"] > 0, "k6's own CPU is measured"
+        stages = cell["stages"]
+        assert set(stages) == {"outside", "preprocess", "queue", "model", "total"}, stages
+        assert stages["total"][0] >= stages["model"][0] > 0, "the workers' Server-Timing is read"
+        assert sum(cell["refused_by"].values()) == cell["shed"], cell["refused_by"]
     for placement in ("split", "shared"):
         light = cells[(placement, 0.25)]
         assert light["failed"] == 0 and light["unsent"] == 0, light
@@ -34,6 +38,7 @@ def test_quick_open_loop_cells_run_end_to_end(tmp_path):
         assert light["in_deadline_rps"] > 0.9 * light["admitted_rps"], "a light load is answered in time"
         overloaded = cells[(placement, 1.2)]
         assert overloaded["in_deadline_rps"] > 0 and overloaded["shed"] > 0, overloaded
+        assert overloaded["refused_by"]["nginx"] > 0, "nginx's bound refuses at 120%"
     costs = {c["by"]: c for c in data["refusal_costs"]}
     assert set(costs) == {"nginx", "worker"}
     for cost in costs.values():
@@ -42,4 +47,5 @@ def test_quick_open_loop_cells_run_end_to_end(tmp_path):
     assert costs["worker"]["api_us"] > 0, costs
     report = (tmp_path / "open_loop.md").read_text()
     assert "## split: the stack on one core, k6 on another" in report and "## What a refusal costs" in report
+    assert "who refused" in report
     assert (tmp_path / "open_loop_lstm.png").stat().st_size > 1000
