@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from service_kit.core.deadlines import fade
+from service_kit.core.deadlines import DEVIATIONS, fade
 from service_kit.core.refusals import Shed
 
 Item = TypeVar("Item")
@@ -54,7 +54,7 @@ def _late_message(finish: float, deadline: float, now: float) -> str:
 
 class LatencyModel:
     """Seconds of a model call as fixed + per_example x size, fitted by least squares over recent
-    calls (each older call weighs `decay` times less: a few calls follow a change), plus four
+    calls (each older call weighs `decay` times less: a few calls follow a change), plus DEVIATIONS
     times the recent mean error of that fit: when calls vary (a busy machine), predictions leave
     room for it, as TCP's retransmission timer does."""
 
@@ -85,7 +85,7 @@ class LatencyModel:
     def estimate(self, size: int, now: float | None = None) -> float:
         """The fit and its error margin; given `now`, the margin fades when no call has renewed it
         (deadlines.fade): a burst of uneven calls must not keep every request out for ever."""
-        margin = 4 * self.error
+        margin = DEVIATIONS * self.error
         if now is not None and self._observed_at is not None:
             margin *= fade(now - self._observed_at)
         return self.fit(size) + margin

@@ -101,9 +101,20 @@ def outside_a_request(settings: ServiceSettings) -> RequestBudget:
     return read(None, None, settings)
 
 
+# How many recent mean deviations an estimate adds to its mean (RecentDuration, and the batcher's
+# LatencyModel). TCP's retransmission timer adds four to its one duration; a request's prediction
+# adds up three such estimates (preparing it, the call in flight, its own call), and three bounds of
+# four summed were far past the bound of the sum: on one busy core at twice the capacity, the
+# workers refused 2-8 thousand requests in 10 s as predicted late, each costing them a request's
+# parsing, each replaced at once by nginx (its bound freed), and 48-85% of capacity was answered in
+# time; with two, nginx made most refusals and 76-94% was (bench/results/where_time_goes.md, issue 35).
+DEVIATIONS = 2
+
+
 class RecentDuration:
-    """How long a stage takes now: a recent mean plus four mean deviations (TCP's retransmission
-    timer), so that a request let in on it rarely runs past its deadline when durations vary.
+    """How long a stage takes now: a recent mean plus DEVIATIONS mean deviations (TCP's
+    retransmission timer), so that a request let in on it rarely runs past its deadline when
+    durations vary.
 
     Only the requests let in renew it; so that a burst cannot make it refuse everything for ever
     (nothing let in, nothing to correct it), an estimate not renewed fades, by half every
@@ -120,7 +131,7 @@ class RecentDuration:
         self._observed_at = now
 
     def estimate(self, now: float) -> float:
-        return (self.mean + 4 * self.deviation) * fade(now - self._observed_at)
+        return (self.mean + DEVIATIONS * self.deviation) * fade(now - self._observed_at)
 
 
 FADE_HALF_LIFE = 0.1
