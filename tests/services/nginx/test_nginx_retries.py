@@ -42,9 +42,18 @@ class Upstream:
 @contextlib.contextmanager
 def nginx_in_front_of(tmp_path: Path, vision_upstreams: list[str] | None = None,
                       text_upstreams: list[str] | None = None, roster: list[Service] = ROSTER) -> Iterator[str]:
-    """The rendered template's nginx in front of these instances (a closed port where none are given)."""
-    port = free_port()
-    upstreams = {service.name: [f"127.0.0.1:{free_port()}"] for service in roster}
+    """The rendered template's nginx in front of these instances (a closed port where none are given).
+    Every port differs from the others: nginx listening on a test's "closed" upstream port proxied
+    to itself, and its own bound answered 503 where the test wanted 502 (a clean-clone CI run)."""
+    taken = {int(address.rsplit(":", 1)[1]) for address in [*(vision_upstreams or []), *(text_upstreams or [])]}
+
+    def another_port() -> int:
+        chosen = free_port(exclude=taken)
+        taken.add(chosen)
+        return chosen
+
+    port = another_port()
+    upstreams = {service.name: [f"127.0.0.1:{another_port()}"] for service in roster}
     upstreams["vision-api"] = vision_upstreams or upstreams["vision-api"]
     upstreams["text-api"] = text_upstreams or upstreams["text-api"]
     values = nginx_conf.values_for_local(roster, f"127.0.0.1:{port}", tmp_path, upstreams,
