@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -122,6 +123,18 @@ def pin(pids: list[int], cpus: frozenset[int]) -> None:
                 for task in Path(f"/proc/{process.pid}/task").glob("*"):
                     with contextlib.suppress(OSError):
                         os.sched_setaffinity(int(task.name), cpus)
+
+
+@contextlib.contextmanager
+def started_on(cpus: frozenset[int]) -> Iterator[None]:
+    """This process on `cpus` meanwhile: a stack started inside sees only them, as it would on a
+    machine of that many cores (local mode starts an API instance per core at most)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _children_cpu() -> float:
@@ -301,8 +314,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, float], list[OpenLoopCell],
                     say(f"{placement.name}, {variant}: this stack with MODEL_BATCHING={mode}, nginx "
                         f"{'bounded' if bounded else 'unbounded'}, on cores {sorted(placement.stack_cpus)}")
                     name = f"{placement.name}-{variant}".replace(" ", "").replace(",", "-")
-                    url, pids, processes = stacks.enter_context(stack(
-                        work / name, topology.free_port(), env={"MODEL_BATCHING": mode}, unbounded=not bounded))
+                    with started_on(placement.stack_cpus):  # as `./stack up` on those cores: its instances
+                        url, pids, processes = stacks.enter_context(stack(
+                            work / name, topology.free_port(), env={"MODEL_BATCHING": mode}, unbounded=not bounded))
                     pin(pids, placement.stack_cpus)
                     urls[(placement.name, variant)], running[(placement.name, variant)] = url + "/lstm", processes
                     scrapes[(placement.name, variant)] = [
@@ -395,8 +409,12 @@ def report(measured: dict[str, float], cells: list[OpenLoopCell], costs: list[Re
     for placement in args.placements:
         mine = [c for c in cells if c.placement == placement.name]
         k6_where = f"cores {sorted(placement.k6_cpus)}" if placement.k6_cpus else "any core"
+        with started_on(placement.stack_cpus):
+            scale = topology.default_scale()
         lines += ["", f"## {placement.name}: {PLACEMENTS[placement.name]} (stack on cores "
                       f"{sorted(placement.stack_cpus)}, k6 on {k6_where})", "",
+                  "API instances, as local mode starts them on these cores: "
+                  f"{', '.join(f'{service} {count}' for service, count in scale.items())}.", "",
                   f"Capacity under this placement (k6, {args.callers} closed-loop callers, no deadline): "
                   f"{measured[placement.name]:.0f} answers/s.", "",
                   *_table(mine, measured[placement.name]), "",

@@ -158,7 +158,7 @@ def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env:
     """The local stack (model server, API services, nginx); yields nginx's URL, the pids to meter
     and the processes."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    replicas = compose_file.load().replicas  # every API service of the roster, compose's counts
+    replicas = topology.default_scale()  # every API service of the roster, as `./stack up` starts them
     overrides = {service: dict(env or {}) for service in replicas}
     options = topology.Options(run_dir=run_dir, http_port=http_port,
                                scale={**replicas,

@@ -7,7 +7,8 @@ holds up at 1, 10, 100 and 1000 connections, in one run (bench.compare does two 
 
 A variant is NAME=SETTING[,SETTING...]: `ENV=VALUE` goes to every API service's environment,
 `--flag=value` is added to the model server's flags (compose.yaml's), `-WORD` drops the model
-server's flags that contain WORD; `default` alone is the stack as `./stack up` runs it. Every
+server's flags that contain WORD, `instances=N` starts N text-api instances instead of
+compose's replicas; `default` alone is the stack as `./stack up` runs it. Every
 stack is up at once (idle ones cost nothing); the cells are alternated as in bench.peers.
 """
 
@@ -25,10 +26,12 @@ from local_stack import compose_file
 from local_stack.topology import free_port
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str], list[str] | None]:
-    """(name, environment, model server flags or None for compose.yaml's)."""
+def parse_variant(text: str) -> tuple[str, dict[str, str], list[str] | None, int | None]:
+    """(name, environment, model server flags or None for compose.yaml's, text-api instances or
+    None for compose's replicas)."""
     name, _, settings = text.partition("=")
     env: dict[str, str] = {}
+    instances = None
     flags = list(compose_file.load().model_server_flags)
     changed = False
     for setting in filter(None, settings.split(",")):
@@ -36,12 +39,15 @@ def parse_variant(text: str) -> tuple[str, dict[str, str], list[str] | None]:
             flags.append(setting)
         elif setting.startswith("-"):
             flags = [flag for flag in flags if setting[1:] not in flag]
+        elif setting.startswith("instances="):
+            instances = int(setting.partition("=")[2])
+            continue
         else:
             key, _, value = setting.partition("=")
             env[key] = value
             continue
         changed = True
-    return name, env, flags if changed else None
+    return name, env, flags if changed else None, instances
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stacks:
         found = []
         for text in args.variants:
-            name, env, flags = parse_variant(text)
-            url, pids, _ = stacks.enter_context(stack(work / name, free_port(), env=env, model_server_flags=flags))
+            name, env, flags, instances = parse_variant(text)
+            url, pids, _ = stacks.enter_context(stack(work / name, free_port(), text_instances=instances, env=env,
+                                                      model_server_flags=flags))
             found.append(System(name, f"{url}/lstm", pids, pausable=False))
         cells = measure(found, args.rounds, args.seconds, connections)
     first = found[0].name

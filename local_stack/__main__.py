@@ -26,7 +26,7 @@ def say(message: str) -> None:
 
 
 def parse_scale(values: list[str]) -> dict[str, int]:
-    scale = compose_file.load().replicas  # compose's defaults; --scale overrides them
+    scale = topology.default_scale()  # compose's replicas, at most a core each; --scale overrides them
     for value in values:
         name, _, count = value.partition("=")
         if name not in scale or not (count.isascii() and count.isdigit()) or int(count) < 1:
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="start everything and supervise it until Ctrl-C or `down`")
     start.add_argument("--scale", action="append", default=[], metavar="SERVICE=N",
-                       help="instances of text-api or vision-api (default: deploy.replicas in compose.yaml)")
+                       help="instances of text-api or vision-api (default: deploy.replicas in compose.yaml, "
+                            "at most one per core this process may use)")
     start.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
     start.add_argument("--host", default="127.0.0.1", help="nginx listen address (0.0.0.0 to expose it)")
     start.add_argument("--ready-timeout", type=float, default=120.0)

@@ -32,12 +32,22 @@ FOLLOW_TIMEOUT_SECONDS = 120.0
 EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
+def default_scale() -> dict[str, int]:
+    """compose's `deploy.replicas` per API service, but no more instances than this process may
+    use cores (its CPU affinity, which the stack's processes inherit). An instance is one gevent
+    worker, one core at most, and each batches its own requests: on one core two instances of
+    /lstm answered 825/s at most where one answered 1,070/s, and more slowly at every load
+    (bench/results/where_time_goes.md, "Issue 35, third pass"); on two, two are worth their cost."""
+    cores = len(os.sched_getaffinity(0))
+    return {service: min(count, cores) for service, count in compose_file.load().replicas.items()}
+
+
 @dataclasses.dataclass
 class Options:
     run_dir: Path
     http_port: int = 8080
     host: str = "127.0.0.1"
-    scale: dict[str, int] = dataclasses.field(default_factory=lambda: compose_file.load().replicas)
+    scale: dict[str, int] = dataclasses.field(default_factory=default_scale)
     # Benchmark variants: extra environment per API service, another WSGI app, other model server flags.
     env_overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     app_overrides: dict[str, str] = dataclasses.field(default_factory=dict)

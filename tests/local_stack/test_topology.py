@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
-from local_stack import topology
+from local_stack import compose_file, topology
 
 
 class StandIn:
@@ -38,3 +39,18 @@ def test_ready_means_every_process_ready_in_one_pass():
 def test_those_not_ready_by_the_timeout_are_named():
     never = StandIn("vision-api-1", [False])
     assert topology.start_and_wait([StandIn("model-server", [True]), never], timeout=0.5) == [never]
+
+
+def test_api_instances_default_to_compose_replicas_but_no_more_than_the_cores_given():
+    """One gevent instance per core at most: a second on the same core only splits the batches
+    and adds a process to the core's queue (bench/results/where_time_goes.md, third pass)."""
+    replicas = compose_file.load().replicas
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert topology.default_scale() == dict.fromkeys(replicas, 1)
+        assert topology.Options(run_dir=None).scale == dict.fromkeys(replicas, 1)
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert topology.default_scale() == {service: min(count, len(cores)) for service, count in replicas.items()}
+    assert max(replicas.values()) > 1, "compose asks for several instances: the test would prove nothing"
