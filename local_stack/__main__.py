@@ -1,6 +1,6 @@
 """./stack up|down|status: the whole topology as local processes.
 
-    python -m local_stack up [--scale text-api=4] [--scale vision-api=2] [--http-port 8080]
+    python -m local_stack up [--scale text-api=4] [--scale vision-api=2] [--scale tfserving=2] [--http-port 8080]
     python -m local_stack down
 """
 
@@ -26,7 +26,8 @@ def say(message: str) -> None:
 
 
 def parse_scale(values: list[str]) -> dict[str, int]:
-    scale = topology.default_scale()  # compose's replicas, at most a core each; --scale overrides them
+    """API instances per service, and `tfserving`: the model servers (compose's service name)."""
+    scale = {**topology.default_scale(), "tfserving": 1}  # compose's replicas, at most a core each
     for value in values:
         name, _, count = value.partition("=")
         if name not in scale or not (count.isascii() and count.isdigit()) or int(count) < 1:
@@ -46,8 +47,11 @@ def up(args: argparse.Namespace) -> int:
     if not port_is_free(args.host, args.http_port):
         sys.exit(f"local_stack: port {args.http_port} is taken; choose another with --http-port")
     run_dir.mkdir(parents=True, exist_ok=True)
+    scale = parse_scale(args.scale)
+    model_servers = scale.pop("tfserving")
     options = topology.Options(run_dir=run_dir, http_port=args.http_port, host=args.host,
-                               scale=parse_scale(args.scale), model_repository=args.model_repository.resolve())
+                               scale=scale, model_servers=model_servers,
+                               model_repository=args.model_repository.resolve())
     nginx_temp = topology.nginx_temp_dir()
     processes = topology.supervised(options, nginx_temp, say)
     (run_dir / "prometheus.yml").write_text(topology.prometheus_config([p.spec for p in processes]))
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("up", help="start everything and supervise it until Ctrl-C or `down`")
     start.add_argument("--scale", action="append", default=[], metavar="SERVICE=N",
                        help="instances of text-api or vision-api (default: deploy.replicas in compose.yaml, "
-                            "at most one per core this process may use)")
+                            "at most one per core this process may use), or model servers: tfserving=N "
+                            "(default 1; every API instance calls each in turn)")
     start.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
     start.add_argument("--host", default="127.0.0.1", help="nginx listen address (0.0.0.0 to expose it)")
     start.add_argument("--ready-timeout", type=float, default=120.0)

@@ -52,6 +52,8 @@ class Options:
     env_overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     app_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
     model_server_flags: list[str] | None = None
+    # Model servers on the same repository (`--scale tfserving=N`, as compose's service is named).
+    model_servers: int = 1
     # Benchmark variant: nginx without the roster's max_in_flight bounds (every request queues in a worker).
     unbounded: bool = False
     # Mounted at /models in compose; MODEL_REPOSITORY names another folder in both modes.
@@ -96,22 +98,31 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
             ports[role] = free_port(exclude=set(ports.values()))
         return ports[role]
 
-    grpc_port, rest_port = port("model-server-grpc"), port("model-server-rest")
     python = sys.executable
     base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     flags = settings.model_server_flags if options.model_server_flags is None else options.model_server_flags
-    # The model server is ready once every model's first load has finished, well or badly.
-    model_check = [model_settled(f"http://127.0.0.1:{rest_port}/v1/models/{name}") for name in settings.model_names]
-    specs = [ServiceSpec(
-        name="model-server",
-        args=[python, "-m", "model_server", "--listen_address=127.0.0.1", f"--port={grpc_port}",
-              f"--rest_api_port={rest_port}", *flags,
-              f"--rebase_model_base_path={compose_file.CONTAINER_MODEL_ROOT}={options.model_repository}"],
-        env=base_env, cwd=REPO_ROOT, log_path=logs / "model-server.log",
-        ready=lambda: all(check() for check in model_check),
-        address=f"gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}",
-        ports={"model-server-grpc": grpc_port, "model-server-rest": rest_port},
-    )]
+    specs = []
+    grpc_addresses = []
+    for index in range(1, options.model_servers + 1):
+        # The first is `model-server`, as with one; more are `model-server-2`, ...
+        name = "model-server" if index == 1 else f"model-server-{index}"
+        grpc_port, rest_port = port(f"{name}-grpc"), port(f"{name}-rest")
+        grpc_addresses.append(f"127.0.0.1:{grpc_port}")
+        # A model server is ready once every model's first load has finished, well or badly.
+        model_check = [model_settled(f"http://127.0.0.1:{rest_port}/v1/models/{model}")
+                       for model in settings.model_names]
+        specs.append(ServiceSpec(
+            name=name,
+            args=[python, "-m", "model_server", "--listen_address=127.0.0.1", f"--port={grpc_port}",
+                  f"--rest_api_port={rest_port}", *flags,
+                  f"--rebase_model_base_path={compose_file.CONTAINER_MODEL_ROOT}={options.model_repository}"],
+            env=base_env, cwd=REPO_ROOT, log_path=logs / f"{name}.log",
+            ready=lambda checks=model_check: all(check() for check in checks),
+            address=f"gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}",
+            ports={f"{name}-grpc": grpc_port, f"{name}-rest": rest_port},
+        ))
+    # Every API instance calls every model server, a call each in turn (tfserving_client's round_robin).
+    tfserving_address = grpc_addresses[0] if len(grpc_addresses) == 1 else "ipv4:" + ",".join(grpc_addresses)
     upstreams: dict[str, list[str]] = {}
     for service, count in options.scale.items():
         service_dir = REPO_ROOT / "services" / service
@@ -119,7 +130,7 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
             api_port = port(f"{service}-{index}")
             upstreams.setdefault(service, []).append(f"127.0.0.1:{api_port}")
             env = {**base_env, **settings.environments[service], **options.env_overrides.get(service, {}),
-                   "TFSERVING_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "API_BIND": f"127.0.0.1:{api_port}"}
+                   "TFSERVING_GRPC_ADDRESS": tfserving_address, "API_BIND": f"127.0.0.1:{api_port}"}
             # Each instance sums its own workers' metrics; emptied by gunicorn at every (re)start.
             env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics" / f"{service}-{index}")
             # The same gunicorn config the service's container runs; it reads ./service.toml.
@@ -207,8 +218,7 @@ def prometheus_config(specs: list[ServiceSpec]) -> str:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     for job in config["scrape_configs"]:
         if job["job_name"] == "tfserving":
-            model_server = next(s for s in specs if s.name == "model-server")
-            targets = [model_server.address.split("REST http://", 1)[1]]
+            targets = [s.address.split("REST http://", 1)[1] for s in specs if s.name.startswith("model-server")]
         else:
             targets = [s.address.removeprefix("http://") for s in specs if s.name.startswith(job["job_name"] + "-")]
         job.pop("dns_sd_configs", None)

@@ -138,7 +138,7 @@ def test_api_services_build_from_the_one_api_dockerfile_and_reach_tf_serving_by_
     for api in APIS:
         build = {"context": ".", "dockerfile": "services/api.Dockerfile", "args": {"SERVICE": api}}
         assert SERVICES[api]["build"] == build
-        assert SERVICES[api]["environment"]["TFSERVING_GRPC_ADDRESS"] == "tfserving:8500"
+        assert SERVICES[api]["environment"]["TFSERVING_GRPC_ADDRESS"] == "dns:///tfserving:8500"
 
 
 def test_gpu_override_swaps_the_image_and_reserves_a_gpu():

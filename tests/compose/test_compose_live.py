@@ -45,6 +45,7 @@ from tests.faults.load import (
     lstm_answers,
     models_available,
     record_fault,
+    shares_of_calls,
 )
 from tests.faults.worst_inputs import under_worst_inputs
 from tests.own_model import NAME, ROUTE, add_third_service, copy_of_the_repository
@@ -231,6 +232,59 @@ def test_kill_9_of_the_model_server_gives_fast_503s_then_full_service(compose, f
     check_model_server_outage(fault_table, "model server kill -9, restarted by its policy", load, killed, available)
     wait_until(lambda: healthy(compose, tfserving), 60, "the model server's health check")
     assert all(api_ready(address) for address in text_api_replicas(compose).values())
+
+
+def model_server_urls(compose: ComposeProject) -> list[str]:
+    return [compose.address(c["Name"], 8501) for c in compose.containers("tfserving") if c["State"] == "running"]
+
+
+def test_model_servers_scale_1_2_1_under_load_share_the_calls_and_losing_one_costs_its_calls_in_flight(
+        compose, fault_table):
+    """Every API replica resolves every address of `tfserving` (dns:///tfserving:8500) and sends
+    each call to the next: a second model server takes half the calls without restarting any API
+    replica, a killed one costs at most its calls in flight, and going back to one loses nothing."""
+    apis = {name: main_pid(compose, name) for name in text_api_replicas(compose)}
+    # `up` scales every service it is not told about back to its deploy.replicas.
+    keep_api_scale = [f"--scale={api}={len(compose.containers(api))}" for api in ("text-api", "vision-api")]
+    with HttpLoad(compose.url) as scaling:
+        compose.run("up", "--detach", "--wait", "--no-recreate", "--scale", "tfserving=2", *keep_api_scale)
+        wait_until(lambda: len(model_server_urls(compose)) == 2 and min(shares_of_calls(model_server_urls(compose), 1))
+                   > 0.2, 30, "the second model server to take calls (found through DNS)")
+        shares = shares_of_calls(model_server_urls(compose), 6)
+    record_fault(fault_table, "scale tfserving 1 -> 2 under load (`up --scale tfserving=2`)", scaling,
+                 f"the API replicas found it by DNS; shares of the calls {shares[0]:.0%} / {shares[1]:.0%}")
+    assert all(0.4 <= share <= 0.6 for share in shares), shares
+    assert scaling.failed() == [], scaling.failed()[:5]
+
+    second = [c["Name"] for c in compose.containers("tfserving")][-1]
+    restarts = restart_count(compose, second)
+    with HttpLoad(compose.url) as load:
+        time.sleep(1)
+        killed = time.monotonic()
+        os.kill(main_pid(compose, second), signal.SIGKILL)
+        wait_until(lambda: restart_count(compose, second) > restarts
+                   and models_available(compose.address(second, 8501)), 120, "the killed model server to be back")
+        back = time.monotonic()
+        wait_until(lambda: min(shares_of_calls(model_server_urls(compose), 1)) > 0.2, 30,
+                   "the restarted model server to take calls again")
+        taking = time.monotonic() - back
+    failed, last_failure = load.failed(), load.last_failure_end()
+    record_fault(fault_table, "kill -9 of one model server (of 2) under load", load,
+                 f"{len(failed)} 503s (its calls in flight), the other answered the rest; restarted by its "
+                 f"policy, taking calls {taking:.1f} s after its models were AVAILABLE")
+    assert len(failed) <= load.clients, failed[:5]
+    assert all(o.status == 503 and o.json_error_code and o.retry_after for o in failed), failed[:5]
+    # Lost: only requests already under way when it died (0.1 s for the kernel to close its sockets).
+    assert all(o.started <= killed + 0.1 for o in failed), [round(o.started - killed, 3) for o in failed]
+    assert last_failure is None or last_failure - killed <= 5, "full service within 5 s"
+
+    with HttpLoad(compose.url) as shrinking:
+        time.sleep(1)
+        compose.run("up", "--detach", "--wait", "--no-recreate", "--scale", "tfserving=1", *keep_api_scale)
+        time.sleep(3)
+    record_fault(fault_table, "scale tfserving 2 -> 1 under load", shrinking, "the stopped one's calls finished first")
+    assert shrinking.failed() == [], shrinking.failed()[:5]
+    assert {name: main_pid(compose, name) for name in text_api_replicas(compose)} == apis, "no API replica restarted"
 
 
 def test_nothing_runs_as_root_the_repository_is_read_only_and_only_nginx_is_published(compose):

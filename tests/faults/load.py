@@ -131,6 +131,21 @@ def lstm_answers(address: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def lstm_predicts(rest_url: str) -> float:
+    """Predict calls on `lstm` this model server has answered (its own request counter)."""
+    metrics = requests.get(f"{rest_url}/monitoring/prometheus/metrics", timeout=5).text
+    found = re.search(r'^:tensorflow:serving:request_count\{model_name="lstm",status="OK"\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def shares_of_calls(rest_urls: list[str], seconds: float) -> list[float]:
+    """Each model server's share of the `lstm` Predicts answered over the next `seconds`."""
+    before = [lstm_predicts(url) for url in rest_urls]
+    time.sleep(seconds)
+    done = [lstm_predicts(url) - was for url, was in zip(rest_urls, before, strict=True)]
+    return [count / max(1.0, sum(done)) for count in done]
+
+
 def models_available(rest_url: str, models: tuple[str, ...] = ("lstm", "cv_sod")) -> bool:
     """The model server's REST status says every model has an AVAILABLE version."""
     statuses = [requests.get(f"{rest_url}/v1/models/{m}", timeout=2).json() for m in models]

@@ -178,3 +178,15 @@ def test_only_the_api_pods_reach_the_model_server():
     assert {p["port"] for p in rule["ports"]} == service_ports
     assert all(p["protocol"] == "TCP" for p in rule["ports"])
     assert find(GPU, "NetworkPolicy", "tfserving") == policy, "the GPU overlay keeps it"
+
+
+def test_api_pods_see_every_model_server_pod_and_balance_their_calls():
+    """gRPC keeps one connection per address: behind a ClusterIP (one virtual address) each API pod
+    would send every call to the one pod kube-proxy picked for its connection. A headless Service
+    answers DNS with every ready pod, and the API's address asks for all of them (dns:///)."""
+    assert find(BASE, "Service", "tfserving")["spec"]["clusterIP"] == "None"
+    assert find(BASE, "Deployment", "tfserving")["spec"]["replicas"] >= 2
+    for api in APIS:
+        env = {e["name"]: e.get("value") for e in container(BASE, api)["env"]}
+        assert env["TFSERVING_GRPC_ADDRESS"] == "dns:///tfserving:8500" == COMPOSE[api]["environment"][
+            "TFSERVING_GRPC_ADDRESS"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +29,15 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
+# Every model server behind the address takes calls in turn. gRPC balances per call only in the
+# client (one HTTP/2 connection carries every call, so a proxy or a VIP balances connections): the
+# address names them all (`dns:///tfserving:8500`, every address of the name; `ipv4:a:p,b:p`), and
+# round_robin sends each call to the next connected one, skipping those that are not.
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# gRPC asks DNS again only when a connection fails, so a model server added beside healthy ones
+# would never be called: the client looks the name up itself this often and, when the addresses
+# changed, opens a new channel (the old one finishes its calls first).
+RESOLVE_EVERY_SECONDS = 5.0
 # Only a model server that is not there (yet) is worth asking again: Predict has no side effects.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # The channel's own view, when a call failed UNAVAILABLE, says whether asking again can help:
@@ -107,6 +118,9 @@ class ModelServerClient:
         self._channel: grpc.Channel | None = None
         self._predict = None
         self._get_model_status = None
+        self._resolved: frozenset | None = None  # the name's addresses when the channel opened (dns: only)
+        self._retired: list[tuple[float, grpc.Channel]] = []  # (close after, channel) replaced channels
+        self.channels_opened = 0
 
     def _ensure_channel(self) -> None:
         if self._pid == os.getpid():
@@ -114,25 +128,62 @@ class ModelServerClient:
         with self._lock:
             if self._pid == os.getpid():
                 return
-            options = [("grpc.max_send_message_length", self.max_message_bytes),
-                       ("grpc.max_receive_message_length", self.max_message_bytes), *_CHANNEL_OPTIONS]
-            channel = grpc.insecure_channel(self.address, options=options)
-            self._predict = channel.unary_unary(
-                PREDICT_METHOD,
-                request_serializer=predict_pb2.PredictRequest.SerializeToString,
-                response_deserializer=predict_pb2.PredictResponse.FromString,
-            )
-            self._get_model_status = channel.unary_unary(
-                GET_MODEL_STATUS_METHOD,
-                request_serializer=get_model_status_pb2.GetModelStatusRequest.SerializeToString,
-                response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
-            )
-            self._channel, self._pid = channel, os.getpid()
+            self._retired = []  # a parent's channels: never touched after a fork
+            if dns_name(self.address):
+                self._resolved = resolve(self.address)
+                threading.Thread(target=self._follow_dns, args=(os.getpid(),), name="tfserving-dns",
+                                 daemon=True).start()
+            self._open_channel()
+
+    def _open_channel(self) -> None:
+        options = [("grpc.max_send_message_length", self.max_message_bytes),
+                   ("grpc.max_receive_message_length", self.max_message_bytes),
+                   ("grpc.service_config", _SERVICE_CONFIG), *_CHANNEL_OPTIONS]
+        channel = grpc.insecure_channel(self.address, options=options)
+        predict = channel.unary_unary(
+            PREDICT_METHOD,
+            request_serializer=predict_pb2.PredictRequest.SerializeToString,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
+        get_model_status = channel.unary_unary(
+            GET_MODEL_STATUS_METHOD,
+            request_serializer=get_model_status_pb2.GetModelStatusRequest.SerializeToString,
+            response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
+        )
+        if self._channel is not None and self._pid == os.getpid():
+            # Calls under way keep the old channel until their own deadline at the latest.
+            self._retired.append((time.monotonic() + self.timeout_seconds + 1, self._channel))
+        self._predict, self._get_model_status = predict, get_model_status
+        self._channel, self._pid = channel, os.getpid()
+        self.channels_opened += 1
+
+    def _follow_dns(self, pid: int) -> None:
+        """Every RESOLVE_EVERY_SECONDS while this process's channel lives: a new channel when the
+        name's addresses changed (a model server added or gone), old channels closed once done."""
+        while True:
+            time.sleep(RESOLVE_EVERY_SECONDS)
+            with self._lock:
+                if self._pid != pid or os.getpid() != pid:
+                    return  # closed, or this is a forked copy of the thread's owner
+                now = time.monotonic()
+                done = [channel for close_after, channel in self._retired if close_after <= now]
+                self._retired = [r for r in self._retired if r[0] > now]
+                for channel in done:
+                    channel.close()
+            addresses = resolve(self.address)
+            with self._lock:
+                if self._pid == pid and addresses and addresses != self._resolved:
+                    self._resolved = addresses
+                    self._open_channel()
 
     def close(self) -> None:
         with self._lock:
-            if self._channel is not None and self._pid == os.getpid():
-                self._channel.close()
+            if self._pid == os.getpid():
+                for _, channel in self._retired:
+                    channel.close()
+                if self._channel is not None:
+                    self._channel.close()
+            self._retired = []
             self._channel = self._pid = None
 
     def predict(self, model_name: str, inputs: Mapping[str, np.ndarray], *,
@@ -198,6 +249,31 @@ class ModelServerClient:
     def _observe(self, method: str, model_name: str, started: float, code: str) -> None:
         if self.observer is not None:
             self.observer(method, model_name, time.monotonic() - started, code)
+
+
+def dns_name(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `dns:` target (`dns:///name:port`, `dns://resolver/name:port`, `dns:name:port`)."""
+    if not address.startswith("dns:"):
+        return None
+    rest = address[4:]
+    if rest.startswith("//"):
+        rest = rest[2:].partition("/")[2]
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def resolve(address: str) -> frozenset[tuple[str, int]] | None:
+    """Every address of a `dns:` target's name now; None when the lookup failed (keep what we had)."""
+    name = dns_name(address)
+    if name is None:
+        return None
+    try:
+        found = socket.getaddrinfo(name[0], name[1], type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    return frozenset((info[4][0], info[4][1]) for info in found)
 
 
 def _fill_model_spec(spec: model_pb2.ModelSpec, name: str, signature_name: str,

@@ -1,0 +1,72 @@
+"""Two model servers (`./stack up --scale tfserving=2`) under a steady load: every API instance
+sends each call to the next model server (tfserving_client's round_robin over the address list),
+so each takes about half, and losing one costs at most the calls it had in flight."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from tests.conftest import running_stack, wait_until
+from tests.faults.load import HttpLoad, models_available, record_fault, shares_of_calls
+
+pytestmark = pytest.mark.slow
+
+MODEL_SERVERS = ("model-server", "model-server-2")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("two-model-servers"), "--scale", "tfserving=2") as stack:
+        yield stack
+
+
+def rest_url(stack, name: str) -> str:
+    return re.search(r"REST (\S+)", stack.service(name)["address"]).group(1)
+
+
+def shares_under_load(stack, seconds: float) -> list[float]:
+    return shares_of_calls([rest_url(stack, name) for name in MODEL_SERVERS], seconds)
+
+
+def api_pids(stack) -> dict[str, int]:
+    return {name: service["pid"] for name, service in stack.state()["services"].items() if "-api-" in name}
+
+
+def test_each_model_server_takes_about_half_of_the_calls(stack):
+    with HttpLoad(stack.url) as load:
+        shares = shares_under_load(stack, 6)
+    assert all(0.4 <= share <= 0.6 for share in shares), shares
+    assert load.failed() == [], load.failed()[:5]
+
+
+def test_kill_9_of_one_model_server_costs_at_most_its_calls_in_flight(stack, fault_table):
+    before, apis = stack.service("model-server-2"), api_pids(stack)
+    with HttpLoad(stack.url) as load:
+        time.sleep(1)
+        killed = time.monotonic()
+        os.killpg(before["pid"], signal.SIGKILL)
+        time.sleep(6)  # the other model server alone meanwhile
+        wait_until(lambda: stack.service("model-server-2")["restarts"] > before["restarts"]
+                   and models_available(rest_url(stack, "model-server-2")), 90, "model-server-2 to be back")
+        back = time.monotonic()
+        wait_until(lambda: shares_under_load(stack, 1)[1] > 0.2, 15, "model-server-2 to take calls again")
+        taking = time.monotonic() - back
+        shares = shares_under_load(stack, 4)
+    failed = load.failed()
+    last_failure = load.last_failure_end()
+    record_fault(fault_table, "kill -9 of one model server (of 2)", load,
+                 f"{len(failed)} 503s (its calls in flight); the other answered the rest; restarted, taking "
+                 f"calls again {taking:.1f} s after its models were AVAILABLE, no API instance restarted")
+    # Each client has one request in flight; those in the killed server's batches are lost.
+    assert len(failed) <= load.clients, failed[:5]
+    assert all(o.status == 503 and o.json_error_code and o.retry_after for o in failed), failed[:5]
+    # Lost: only requests already under way when it died (0.1 s for the kernel to close its sockets).
+    assert all(o.started <= killed + 0.1 for o in failed), [round(o.started - killed, 3) for o in failed]
+    assert last_failure is None or last_failure - killed <= 5, "full service within 5 s"
+    assert all(0.35 <= share <= 0.65 for share in shares), shares
+    assert api_pids(stack) == apis, "the API instances followed without a restart"
