@@ -153,8 +153,8 @@ def stop_process_group(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env: dict[str, str] | None = None,
-          text_app: str | None = None, model_server_flags: list[str] | None = None, unbounded: bool = False
-          ) -> Iterator[tuple[str, list[int], list[SupervisedProcess]]]:
+          text_app: str | None = None, model_server_flags: list[str] | None = None, unbounded: bool = False,
+          model_servers: int = 1) -> Iterator[tuple[str, list[int], list[SupervisedProcess]]]:
     """The local stack (model server, API services, nginx); yields nginx's URL, the pids to meter
     and the processes."""
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -164,7 +164,8 @@ def stack(run_dir: Path, http_port: int, text_instances: int | None = None, env:
                                scale={**replicas,
                                       **({"text-api": text_instances} if text_instances else {})},
                                env_overrides=overrides, app_overrides={"text-api": text_app} if text_app else {},
-                               model_server_flags=model_server_flags, unbounded=unbounded)
+                               model_server_flags=model_server_flags, unbounded=unbounded,
+                               model_servers=model_servers)
     with topology.running(options, lambda message: say(f"  {message}")) as processes:
         yield f"http://127.0.0.1:{http_port}", [p.pid for p in processes], processes
 

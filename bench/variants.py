@@ -8,7 +8,7 @@ holds up at 1, 10, 100 and 1000 connections, in one run (bench.compare does two 
 A variant is NAME=SETTING[,SETTING...]: `ENV=VALUE` goes to every API service's environment,
 `--flag=value` is added to the model server's flags (compose.yaml's), `-WORD` drops the model
 server's flags that contain WORD, `instances=N` starts N text-api instances instead of
-compose's replicas; `default` alone is the stack as `./stack up` runs it. Every
+compose's replicas, `model_servers=N` N model servers; `default` alone is the stack as `./stack up` runs it. Every
 stack is up at once (idle ones cost nothing); the cells are alternated as in bench.peers.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -26,12 +27,19 @@ from local_stack import compose_file
 from local_stack.topology import free_port
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str], list[str] | None, int | None]:
-    """(name, environment, model server flags or None for compose.yaml's, text-api instances or
-    None for compose's replicas)."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    env: dict[str, str]
+    flags: list[str] | None = None  # the model server's; None: compose.yaml's
+    instances: int | None = None  # text-api's; None: as local mode starts them
+    model_servers: int = 1
+
+
+def parse_variant(text: str) -> Variant:
     name, _, settings = text.partition("=")
     env: dict[str, str] = {}
-    instances = None
+    instances, model_servers = None, 1
     flags = list(compose_file.load().model_server_flags)
     changed = False
     for setting in filter(None, settings.split(",")):
@@ -42,12 +50,15 @@ def parse_variant(text: str) -> tuple[str, dict[str, str], list[str] | None, int
         elif setting.startswith("instances="):
             instances = int(setting.partition("=")[2])
             continue
+        elif setting.startswith("model_servers="):
+            model_servers = int(setting.partition("=")[2])
+            continue
         else:
             key, _, value = setting.partition("=")
             env[key] = value
             continue
         changed = True
-    return name, env, flags if changed else None, instances
+    return Variant(name, env, flags if changed else None, instances, model_servers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stacks:
         found = []
         for text in args.variants:
-            name, env, flags, instances = parse_variant(text)
-            url, pids, _ = stacks.enter_context(stack(work / name, free_port(), text_instances=instances, env=env,
-                                                      model_server_flags=flags))
-            found.append(System(name, f"{url}/lstm", pids, pausable=False))
+            variant = parse_variant(text)
+            url, pids, _ = stacks.enter_context(stack(
+                work / variant.name, free_port(), text_instances=variant.instances, env=variant.env,
+                model_server_flags=variant.flags, model_servers=variant.model_servers))
+            found.append(System(variant.name, f"{url}/lstm", pids, pausable=False))
         cells = measure(found, args.rounds, args.seconds, connections)
     first = found[0].name
     print(f"\n| connections | variant | answers/s | / {first} | p50 ms | p99 ms | CPU ms/req | failed |")
