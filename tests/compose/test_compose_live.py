@@ -245,11 +245,12 @@ def model_server_urls(compose: ComposeProject) -> list[str]:
     return [compose.address(c["Name"], 8501) for c in compose.containers("tfserving") if c["State"] == "running"]
 
 
-def test_model_servers_scale_1_2_1_under_load_share_the_calls_and_losing_one_costs_its_calls_in_flight(
+def test_model_servers_scale_1_2_1_under_load_share_the_calls_and_losing_one_loses_no_request(
         compose, fault_table):
     """Every API replica resolves every address of `tfserving` (dns:///tfserving:8500) and sends
     each call to the next: a second model server takes half the calls without restarting any API
-    replica, a killed one costs at most its calls in flight, and going back to one loses nothing."""
+    replica, a killed one costs no request (its calls in flight are asked of the other), and going
+    back to one loses nothing."""
     apis = {name: main_pid(compose, name) for name in text_api_replicas(compose)}
     # `up` scales every service it is not told about back to its deploy.replicas.
     keep_api_scale = [f"--scale={api}={len(compose.containers(api))}" for api in ("text-api", "vision-api")]

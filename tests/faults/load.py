@@ -120,17 +120,11 @@ def check_lost_only_in_flight(load: HttpLoad) -> None:
 
 def check_one_of_several_model_servers_lost(fault_table: list[dict[str, str]], scenario: str, load: HttpLoad,
                                             killed: float, recovery: str) -> None:
-    """One of several model servers killed under load: lost are only the requests whose calls it
-    held when it died (each client has one request under way, so at most one each), each a fast
-    JSON 503 with Retry-After; the others answered every other request at once."""
-    failed, last_failure = load.failed(), load.last_failure_end()
-    record_fault(fault_table, scenario, load, f"{len(failed)} 503s (its calls in flight), the other answered "
-                 f"the rest; {recovery}")
-    assert len(failed) <= load.clients, failed[:5]
-    assert all(o.status == 503 and o.json_error_code and o.retry_after for o in failed), failed[:5]
-    # Lost: only requests already under way when it died (0.1 s for the kernel to close its sockets).
-    assert all(o.started <= killed + 0.1 for o in failed), [round(o.started - killed, 3) for o in failed]
-    assert last_failure is None or last_failure - killed <= 5, "full service within 5 s"
+    """One of several model servers killed under load: the calls it held when it died fail
+    UNAVAILABLE (connection lost) and are asked of another at once, so no request fails."""
+    record_fault(fault_table, scenario, load, f"its calls in flight asked of the other; {recovery}")
+    assert load.failed() == [], load.failed()[:5]
+    assert load.outcomes and load.outcomes[-1].started > killed, "load ran past the kill"
 
 
 def record_fault(fault_table: list[dict[str, str]], scenario: str, load: HttpLoad, recovery: str) -> None:

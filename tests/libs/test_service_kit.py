@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 from flask import Flask, request
 from prometheus_client import REGISTRY
@@ -35,6 +36,7 @@ from service_kit.http.routes import refusal
 from tests.conftest import REPO_ROOT
 from text_api.sentiment import SentimentService
 from text_api.settings import TextApiSettings
+from tfserving_client import ModelServerError
 from vision_api.saliency import SaliencyService
 from vision_api.settings import VisionApiSettings
 
@@ -187,6 +189,10 @@ def test_gunicorn_builds_no_access_line_of_its_own(monkeypatch, tmp_path):
     (Shed("predicted_late", "late"), 503, "deadline_unreachable"),
     (Shed("expired", "late"), 503, "deadline_unreachable"),
     (DeadlineExceeded("late"), 504, "model_timeout"),
+    (ModelServerError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), 504, "model_timeout"),
+    # A model server stopping cancels the calls that raced its stop: not a slow model.
+    (ModelServerError(grpc.StatusCode.CANCELLED, "CANCELLED"), 503, "model_unavailable"),
+    (ModelServerError(grpc.StatusCode.UNAVAILABLE, "Socket closed"), 503, "model_unavailable"),
 ])
 def test_the_batchers_refusals_are_json_with_their_own_status_not_500s(error, status, code):
     app = create_service_app(__name__, ServiceSettings(model_name="m"), client=object())

@@ -4,11 +4,17 @@ under the same name) takes calls again without a new client."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from concurrent import futures
+from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
 from tests.libs.test_tfserving_client import SlowPredictServer
 from tfserving_client import client as client_module
 from tfserving_client.client import ModelServerClient, ModelServerError, dns_name
@@ -66,6 +72,82 @@ def test_a_server_gone_costs_no_call_that_had_not_reached_it_and_is_used_again_w
     finally:
         back.server.stop(None)
         client.close()
+
+
+class StoppingServer(SlowPredictServer):
+    """Ends its first `failing` calls unanswered with `code`: CANCELLED as a model server does to
+    the calls that raced its stop (gRPC cancels those received after its GOAWAY went out),
+    UNAVAILABLE as TF Serving sheds load when its batch queue is full."""
+
+    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.CANCELLED, failing: int = 1_000_000):
+        super().__init__()
+        self.code, self.failing = code, failing
+
+    def predict(self, request, context):
+        if self.calls < self.failing:
+            self.calls += 1
+            context.abort(self.code, "Server shutdown" if self.code == grpc.StatusCode.CANCELLED else "queue is full")
+        return super().predict(request, context)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE])
+def test_a_call_one_of_several_servers_ended_unanswered_goes_to_the_next(code):
+    """A clean-clone CI run lost three calls while compose scaled tfserving 2 -> 1: the stopping
+    server cancelled the calls that reached it as it stopped. With another server there, a
+    cancelled call, or one refused by a server shedding load, is asked of the next (within the
+    retry budget: a server that fails every call gets no more than its share of retries)."""
+    servers = [StoppingServer(code, failing=3), SlowPredictServer()]
+    client = ModelServerClient("ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers), timeout_seconds=2.0)
+    try:
+        wait_for(lambda: spread(client, servers, 1) is not None and servers[0].calls > 3, 5,
+                 "calls on both servers, the first three failed and retried")
+    finally:
+        client.close()
+        for server in servers:
+            server.server.stop(None)
+
+
+def test_alone_a_server_that_cancelled_is_asked_again_within_the_retries():
+    """Alone, a stopping server's cancelled call is retried within the deadline: the retry finds
+    the server gone (UNAVAILABLE, at once) or back."""
+    server = StoppingServer()
+    client = ModelServerClient(f"127.0.0.1:{server.port}", timeout_seconds=2.0, retries=2)
+    try:
+        with pytest.raises(ModelServerError) as caught:
+            client.predict("m", {"x": np.ones(1, np.float32)})
+        assert caught.value.code == grpc.StatusCode.CANCELLED and server.calls == 3, "asked three times"
+    finally:
+        client.close()
+        server.server.stop(None)
+
+
+def test_a_server_killed_under_its_calls_costs_no_call_when_another_is_there():
+    """kill -9 (or the real TF Serving's SIGKILL at the end of `docker stop`: it ignores SIGTERM)
+    drops the connection under its calls (UNAVAILABLE, the channel still READY through the other
+    server): they are asked of the other."""
+    port = free_port()
+    code = (f"from tests.libs.test_tfserving_client import SlowPredictServer; s = SlowPredictServer(delay=5, "
+            f"port={port}); print('ready', flush=True); import time; time.sleep(60)")
+    doomed = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
+                              text=True)
+    other = SlowPredictServer()
+    client = ModelServerClient(f"ipv4:127.0.0.1:{port},127.0.0.1:{other.port}", timeout_seconds=10.0)
+    try:
+        assert doomed.stdout.readline().strip() == "ready"
+        wait_for(lambda: spread(client, [other], 1)[0] >= 0 and client._connectivity() == 2, 5, "a ready channel")
+        with futures.ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(client.predict, "m", {"x": np.ones(1, np.float32)}) for _ in range(4)]
+            time.sleep(0.5)
+            assert other.calls < 1 + 4, "some calls are under way on the doomed server"
+            doomed.kill()
+            started = time.monotonic()
+            results = [call.result() for call in calls]
+        assert len(results) == 4 and time.monotonic() - started < 2, "answered by the other server, at once"
+    finally:
+        doomed.kill()
+        doomed.wait()
+        client.close()
+        other.server.stop(None)
 
 
 def test_a_dns_address_follows_the_names_addresses_as_servers_come_and_go(two_servers, monkeypatch):

@@ -38,14 +38,17 @@ _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # would never be called: the client looks the name up itself this often and, when the addresses
 # changed, opens a new channel (the old one finishes its calls first).
 RESOLVE_EVERY_SECONDS = 5.0
-# Only a model server that is not there (yet) is worth asking again: Predict has no side effects.
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# Only a model server that is not there (yet), or that went away under the call, is worth asking
+# again: Predict has no side effects.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 # The channel's own view, when a call failed UNAVAILABLE, says whether asking again can help:
 # READY means the server answered UNAVAILABLE itself (TF Serving sheds load that way when its
 # batch queue is full: a retry would add the load it is shedding), TRANSIENT_FAILURE means it is
 # known to be unreachable until the next reconnect (a retry only delays the caller's 503).
-# Left: IDLE and CONNECTING, a connection being (re)made.
+# Left: IDLE and CONNECTING, a connection being (re)made. With several servers behind the
+# address, READY says only that one of them is there: the retry goes to the next.
 _NO_RETRY_STATES = {2, 3, 4}  # READY, TRANSIENT_FAILURE, SHUTDOWN (grpc's connectivity codes)
+_READY = 2
 _FAILING_STATES = {3, 4}  # TRANSIENT_FAILURE, SHUTDOWN
 
 
@@ -225,7 +228,7 @@ class ModelServerClient:
                 self._observe(method, model_name, started, code.name)
                 backoff = self.retry_backoff_seconds * (2 ** attempt)
                 if (code in _RETRYABLE and attempt < self.retries and time.monotonic() + backoff < deadline
-                        and self._connectivity() not in _NO_RETRY_STATES and self.retry_budget.failed_may_retry()):
+                        and self._worth_asking_again(code) and self.retry_budget.failed_may_retry()):
                     attempt += 1
                     time.sleep(backoff)
                     continue
@@ -233,6 +236,23 @@ class ModelServerClient:
             self._observe(method, model_name, started, "OK")
             self.retry_budget.succeeded()
             return response
+
+    def _worth_asking_again(self, code: grpc.StatusCode) -> bool:
+        """CANCELLED is never our own doing (a call ends at its deadline): a model server that
+        stopped, or was killed, ended the call unanswered. A server answering with UNAVAILABLE is
+        shedding load unless another is there to take the call."""
+        if code == grpc.StatusCode.CANCELLED:
+            return True
+        state = self._connectivity()
+        return state not in _NO_RETRY_STATES or (state == _READY and self._servers() > 1)
+
+    def _servers(self) -> int:
+        """How many model servers the address names now (a `dns:` name's addresses at the last lookup)."""
+        if self._resolved is not None:
+            return len(self._resolved)
+        if self.address.startswith(("ipv4:", "ipv6:")):
+            return self.address.count(",") + 1
+        return 1
 
     def connection_failing(self) -> bool:
         """Whether the channel knows the model server unreachable right now (it failed to connect,

@@ -67,11 +67,12 @@ def from_input_error(error: InputError) -> ApiError:
 def from_model_server(error: ModelServerError, retry_after_seconds: int) -> ApiError:
     """The model server's gRPC status as the HTTP answer a caller can act on."""
     retry = {"Retry-After": str(retry_after_seconds)}
-    if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+    # CANCELLED: a model server stopping ended the call unanswered (ours end at their deadline).
+    if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
         return ApiError(503, "model_unavailable", "the model server is unavailable; retry shortly", retry)
     if error.code == grpc.StatusCode.NOT_FOUND:
         return ApiError(503, "model_not_loaded", f"the model is not loaded: {error.details}", retry)
-    if error.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ApiError(504, "model_timeout", "the model did not answer within its deadline")
     return ApiError(502, "model_error", f"the model server failed: {error.code.name}")
 
