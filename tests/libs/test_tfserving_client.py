@@ -57,7 +57,7 @@ def test_unsupported_dtype_is_a_clear_error():
 class SlowPredictServer:
     """A real gRPC server speaking the Predict method, answering after `delay` seconds."""
 
-    def __init__(self, delay: float = 0.0, port: int | None = None):
+    def __init__(self, delay: float = 0.0, port: int | None = None, host: str = "127.0.0.1"):
         self.delay = delay
         self.calls = 0
         self.port = port or free_port()
@@ -68,7 +68,7 @@ class SlowPredictServer:
                 response_serializer=predict_pb2.PredictResponse.SerializeToString),
         })
         self.server.add_generic_rpc_handlers([handler])
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.add_insecure_port(f"{host}:{self.port}")
         self.server.start()
 
     def predict(self, request, context):

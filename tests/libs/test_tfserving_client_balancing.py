@@ -4,9 +4,14 @@ under the same name) takes calls again without a new client."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -14,10 +19,10 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, required_in_ci
 from tests.libs.test_tfserving_client import SlowPredictServer
 from tfserving_client import client as client_module
-from tfserving_client.client import ModelServerClient, ModelServerError, dns_name
+from tfserving_client.client import KEEPALIVE_TIMEOUT_SECONDS, ModelServerClient, ModelServerError, dns_name
 
 
 def spread(client: ModelServerClient, servers: list[SlowPredictServer], calls: int) -> list[float]:
@@ -148,6 +153,89 @@ def test_a_server_killed_under_its_calls_costs_no_call_when_another_is_there():
         doomed.wait()
         client.close()
         other.server.stop(None)
+
+
+@contextlib.contextmanager
+def server_on_another_host(tag: str) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """A model server in its own network namespace, reached over a bridge as another host is: its
+    link can be cut, and then its packets vanish (no RST, no error), as a host lost from the
+    network. Yields (its address, the link to cut, its process)."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        required_in_ci("a model server's link cut", "needs root and iproute2")
+    from tests.swarm.hosts import free_subnet
+
+    subnet = free_subnet()
+    bridge, link, keep_up, namespace = f"br-{tag}", f"v-{tag}", f"u-{tag}", f"host-{tag}"
+    gateway, address = (str(subnet.network_address + n) for n in (1, 2))
+    steps = [["ip", "link", "add", bridge, "type", "bridge"], ["ip", "addr", "add", f"{gateway}/24", "dev", bridge],
+             # A port that stays up: the bridge keeps its carrier when the host's link is cut.
+             ["ip", "link", "add", keep_up, "type", "veth", "peer", "name", f"{keep_up}p"],
+             ["ip", "link", "set", f"{keep_up}p", "up"], ["ip", "link", "set", keep_up, "master", bridge, "up"],
+             ["ip", "link", "set", bridge, "up"],
+             ["ip", "netns", "add", namespace],
+             ["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", namespace],
+             ["ip", "link", "set", link, "master", bridge, "up"],
+             ["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0"],
+             ["ip", "-n", namespace, "link", "set", "eth0", "up"]]
+    server = None
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        code = ("from tests.libs.test_tfserving_client import SlowPredictServer; SlowPredictServer(delay=0.01, "
+                "port=8500, host='0.0.0.0'); print('ready', flush=True); import time; time.sleep(600)")
+        server = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+                                  cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        yield f"{address}:8500", link, server
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        for cleanup in (["ip", "link", "del", link], ["ip", "netns", "del", namespace], ["ip", "link", "del", bridge],
+                        ["ip", "link", "del", keep_up]):
+            subprocess.run(cleanup, capture_output=True)
+
+
+def test_a_server_whose_link_is_cut_stalls_its_calls_only_the_keepalive_timeout():
+    """A host lost from the network sends no RST: the calls on its connection would wait for their
+    deadline, and round_robin would keep sending it every other call meanwhile (each client's next
+    call soon waits there too). The connection's TCP_USER_TIMEOUT (gRPC sets it from
+    grpc.keepalive_timeout_ms) ends it once the calls' bytes go unacknowledged that long; they
+    fail UNAVAILABLE and are asked of the other server."""
+    other = SlowPredictServer(delay=0.01)
+    with server_on_another_host(f"{os.getpid() % 100000}") as (address, link, _):
+        client = ModelServerClient(f"ipv4:{address},127.0.0.1:{other.port}", timeout_seconds=10.0)
+        outcomes: list[tuple[float, float, str]] = []  # (started, seconds, error or "")
+        stop = threading.Event()
+
+        def steady_caller() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    client.predict("m", {"x": np.ones(1, np.float32)})
+                    outcomes.append((started, time.monotonic() - started, ""))
+                except ModelServerError as error:
+                    outcomes.append((started, time.monotonic() - started, str(error)))
+        try:
+            wait_for(lambda: spread(client, [other], 10)[0] < 0.8, 5, "calls on both servers")
+            callers = [threading.Thread(target=steady_caller) for _ in range(4)]
+            for caller in callers:
+                caller.start()
+            time.sleep(1)
+            cut = time.monotonic()
+            subprocess.run(["ip", "link", "set", link, "down"], check=True)
+            time.sleep(KEEPALIVE_TIMEOUT_SECONDS + 3)
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join()
+            client.close()
+            other.server.stop(None)
+    assert [o for o in outcomes if o[2]] == [], "nothing lost"
+    stalled = [round(seconds, 2) for started, seconds, _ in outcomes if seconds > 1]
+    assert stalled and max(stalled) < KEEPALIVE_TIMEOUT_SECONDS + 1.5, stalled
+    assert sum(1 for started, *_ in outcomes if started > cut + KEEPALIVE_TIMEOUT_SECONDS + 1) > 100, \
+        "the other server took every call after that"
 
 
 def test_a_dns_address_follows_the_names_addresses_as_servers_come_and_go(two_servers, monkeypatch):

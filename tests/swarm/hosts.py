@@ -96,7 +96,7 @@ class Host:
         return self.docker("info", "--format", "{{.ID}}", check=False, timeout=20).returncode == 0
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
+def free_subnet() -> ipaddress.IPv4Network:
     """A /24 of NETWORK_RANGE that no address or route of this machine is in."""
     words = (run("ip", "-4", "-o", "addr").stdout + run("ip", "-4", "route").stdout).split()
     taken = [ipaddress.ip_network(word, strict=False) for word in words
@@ -122,7 +122,7 @@ class SwarmLab:
         self.prefix = f"{PREFIX}{self.run_id}"
         self.bridge = self.prefix  # interface names have at most 15 characters
         self.work_dir = work_dir
-        subnet = _free_subnet()
+        subnet = free_subnet()
         self.gateway = f"{subnet.network_address + 1}"
         self.prefix_length = subnet.prefixlen
         self.hosts = [Host(name=f"{self.prefix}-{i}", address=f"{subnet.network_address + 10 + i}",

@@ -21,13 +21,19 @@ GET_MODEL_STATUS_METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
 
 # Batches of 320x320 float images and their masks exceed gRPC's 4 MB default.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A model server's host lost from the network sends no RST: the calls on its connection would
+# wait for their deadline, and round_robin would keep giving it every other call meanwhile. gRPC
+# sets the socket's TCP_USER_TIMEOUT to the keepalive timeout: the kernel ends the connection once
+# sent bytes go that long unacknowledged, and its calls are asked of another server
+# (tests/libs/test_tfserving_client_balancing.py cuts a link and measures the stall).
+KEEPALIVE_TIMEOUT_SECONDS = 3
 # Reconnect quickly after a model server restart; gRPC's default backoff grows to 120 s.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECONDS * 1000),
 ]
 # Every model server behind the address takes calls in turn. gRPC balances per call only in the
 # client (one HTTP/2 connection carries every call, so a proxy or a VIP balances connections): the
