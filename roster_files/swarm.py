@@ -22,6 +22,9 @@ BUILT_IMAGE = ("${REGISTRY:?set REGISTRY to the registry the nodes pull from, e.
                "/model-serving/%s:${TAG:-latest}")
 MODEL_SERVER_IMAGE = "${MODEL_SERVER_IMAGE:-%s}"
 MODEL_SERVER_LABEL = "node.labels.model-server == true"
+# Two model servers on two labelled hosts: losing one host leaves the other serving (the API
+# workers send each call to the next of them: tfserving_client, dns:///tfserving:8500).
+MODEL_SERVER_REPLICAS = 2
 HEALTH_INTERVAL = "5s"  # compose's is 10 s; why, in HEADER
 # What compose uses and swarm ignores (docker stack deploy warns about each): swarm has its own.
 IGNORED = ("build", "depends_on", "restart", "container_name", "profiles")
@@ -31,7 +34,7 @@ HEADER = """\
 # change compose.yaml, not this file (a test compares the two).
 #
 # The stack on a Docker Swarm of one or more hosts (README, "More than one host"):
-#   docker node update --label-add model-server=true HOST    # the host with the model repository
+#   docker node update --label-add model-server=true HOST    # each host with a model repository copy
 #   REGISTRY=registry.example:5000 TAG=1 MODEL_REPOSITORY=/srv/models \\
 #     docker stack deploy -c compose.swarm.yaml model-serving
 #
@@ -45,10 +48,15 @@ HEADER = """\
 # - Health checks every 5 s, not 10: swarm calls a task running only once its check has passed,
 #   and every step of a rolling update, scale-out or rescheduling waits for that.
 # - restart_policy "any" is compose's "unless-stopped": swarm restarts a task however it ended.
-# - The model server runs on the host labelled model-server=true, where its model repository is
-#   (a bind mount: versions dropped into that folder load as in compose); label a host with the
-#   memory (or the GPU) for it. Baking the repository into an image would free it to run anywhere,
-#   at the price of an image per model version and no hot loading.
+# - Two model servers, one a host, on the hosts labelled model-server=true (label at least two,
+#   with the memory or the GPU for it, a third to take over from a lost one). Each reads the
+#   model repository at MODEL_REPOSITORY on its own host (a bind mount, as in compose): ship a
+#   new version by copying its folder into that path on every labelled host; each server loads it
+#   within 5 s of its copy landing, with no restart. Baking the repository into an image would
+#   free them to run anywhere, at the price of an image per model version and no hot loading.
+#   The API workers balance their calls over both (every address of tfserving's name) and ask the
+#   other when one is stopped or lost. One a host means a new task cannot start beside the old, so
+#   the model server updates stop-first, one at a time: the other serves meanwhile.
 # - nginx runs on every host (mode: global) with its port published in host mode: each host
 #   answers on it, with the client's own address in X-Real-IP. The routing mesh (ingress) would
 #   add a hop, hide client addresses, and needs IPVS. A host-mode port cannot be taken by two
@@ -86,7 +94,9 @@ def _swarm_service(name: str, service: dict) -> dict:
                           for published, target in (port.rsplit(":", 1) for port in service.get("ports", []))]
         order = "stop-first"
     if name == MODEL_SERVER:
-        deploy["placement"] = {"constraints": [MODEL_SERVER_LABEL]}
+        deploy["replicas"] = MODEL_SERVER_REPLICAS
+        deploy["placement"] = {"constraints": [MODEL_SERVER_LABEL], "max_replicas_per_node": 1}
+        order = "stop-first"
     deploy["endpoint_mode"] = "dnsrr"
     deploy["restart_policy"] = {"condition": "any", "delay": "2s"}
     deploy["update_config"] = _update(order)

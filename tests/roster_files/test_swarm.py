@@ -38,7 +38,8 @@ def test_images_come_from_the_registry_except_the_model_servers():
 def test_rolling_updates_start_first_and_roll_back_and_names_resolve_to_tasks():
     for name in [*API_NAMES, "tfserving"]:
         deploy = SWARM[name]["deploy"]
-        assert deploy["update_config"]["order"] == "start-first", name
+        # One model server a host: its new task cannot start beside the old; the other serves meanwhile.
+        assert deploy["update_config"]["order"] == ("stop-first" if name == "tfserving" else "start-first"), name
         assert deploy["update_config"]["failure_action"] == "rollback", name
         assert deploy["endpoint_mode"] == "dnsrr", name
         assert deploy["restart_policy"]["condition"] == "any", name
@@ -46,8 +47,10 @@ def test_rolling_updates_start_first_and_roll_back_and_names_resolve_to_tasks():
         assert SWARM[name]["deploy"]["replicas"] == COMPOSE[name]["deploy"]["replicas"], name
 
 
-def test_the_model_server_is_placed_where_its_repository_is_and_nginx_on_every_host():
-    assert SWARM["tfserving"]["deploy"]["placement"]["constraints"] == [MODEL_SERVER_LABEL]
+def test_two_model_servers_on_two_hosts_with_a_repository_and_nginx_on_every_host():
+    model_server = SWARM["tfserving"]["deploy"]
+    assert model_server["placement"] == {"constraints": [MODEL_SERVER_LABEL], "max_replicas_per_node": 1}
+    assert model_server["replicas"] == 2, "losing one host leaves a model server"
     nginx = SWARM["nginx"]
     assert nginx["deploy"]["mode"] == "global"
     assert nginx["deploy"]["update_config"]["order"] == "stop-first"  # a host-mode port is held by one task

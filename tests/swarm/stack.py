@@ -3,8 +3,9 @@ registry, `docker stack deploy -c compose.swarm.yaml`, and what the tier asks of
 where they run, which addresses nginx sent requests to, whether an update finished.
 
 The images are the ones the compose tier builds (tests/compose/docker_host.py; cached, so built
-once a run). The model server's image is loaded into the host labelled model-server=true instead
-of going through the registry: it stands in for tensorflow/serving, which users pull from Docker
+once a run). Every host is labelled model-server=true (two model servers, one a host, and a third
+host to take over from a lost one), and the model server's image is loaded into each instead of
+going through the registry: it stands in for tensorflow/serving, which users pull from Docker
 Hub, and is 1.7 GB that gzip would take a minute over on this machine.
 """
 
@@ -70,12 +71,23 @@ class SwarmStack:
                     self.lab.push(image, f"model-serving/{name}", self.tag)
             self.timings["images pushed to the registry"] = time.monotonic() - started
             loaded.result()
-        self.timings["... and the model server's loaded on its host, meanwhile"] = time.monotonic() - started
+        self.timings["... and the model server's loaded on each host, meanwhile"] = time.monotonic() - started
 
     def _load_model_server(self) -> None:
-        save = subprocess.Popen(["docker", "save", self.source_images[MODEL_SERVER]], stdout=subprocess.PIPE)
-        self.lab.manager.docker("load", "--quiet", stdin=save.stdout, timeout=600)
-        assert save.wait() == 0, "docker save of the model server's image failed"
+        archive = self.work_dir / "model-server.tar"
+        subprocess.run(["docker", "save", "-o", str(archive), self.source_images[MODEL_SERVER]], check=True,
+                       timeout=600)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(self.lab.hosts)) as loads:
+                for done in [loads.submit(self._load_into, host, archive) for host in self.lab.hosts]:
+                    done.result()
+        finally:
+            archive.unlink()
+
+    @staticmethod
+    def _load_into(host: Host, archive: Path) -> None:
+        with open(archive, "rb") as image:
+            host.docker("load", "--quiet", stdin=image, timeout=600)
 
     def publish_new_tag(self, service: str, tag: str) -> str:
         """`service`'s image with one label changed (a new image, the same layers), pushed as `tag`."""
@@ -91,7 +103,8 @@ class SwarmStack:
     # The stack.
     def deploy(self) -> None:
         started = time.monotonic()
-        self.lab.manager.docker("node", "update", "--label-add", "model-server=true", self.lab.manager.name)
+        for host in self.lab.hosts:
+            self.lab.manager.docker("node", "update", "--label-add", "model-server=true", host.name)
         self.lab.manager.docker("stack", "deploy", "--resolve-image", "never", "-c", str(self.deployable()), STACK,
                                 env=self.environment(), timeout=300)
         self.wait_converged(300)
