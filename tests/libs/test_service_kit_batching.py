@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 
-from service_kit.core.batch_rules import BatchQueue, LatencyModel, Pending
+from service_kit.core.batch_rules import STALLED_AFTER, BatchQueue, LatencyModel, Pending
 from service_kit.core.deadlines import DEVIATIONS
 from service_kit.core.micro_batcher import MicroBatcher
 from service_kit.core.refusals import DeadlineExceeded, Shed
@@ -201,6 +201,28 @@ def test_nothing_is_released_while_every_slot_is_busy():
     queue.started(queue.decide(10.0).release, 10.0)
     arrivals(queue, [10.001], deadline_after=1.0)
     assert queue.decide(10.001).release is None
+
+
+def test_a_call_stalled_past_its_predicted_end_frees_its_slot_for_one_more():
+    """A model server that stopped answering held a worker's one call, and every request queued
+    behind it waited out the call's 10 s deadline (a local fault run: 8 of ~1,200 requests lost
+    to one hung server of two). Once the call is STALLED_AFTER past its predicted end, the queue
+    goes out on a spare slot (to another server: tfserving_client passes the stalled one over)."""
+    queue = BatchQueue(concurrent_batches=1, latency=learnt(2 * MS, 0))
+    arrivals(queue, [10.0], deadline_after=20.0)
+    stalled_end = queue.started(queue.decide(10.0).release, 10.0)
+    arrivals(queue, [10.001], deadline_after=20.0)
+    waiting = queue.decide(10.5)
+    assert waiting.release is None and waiting.wake_at == pytest.approx(stalled_end + STALLED_AFTER)
+    assert queue.predicted_finish(1, 10.5) > stalled_end, "behind the call, while it may still answer"
+    later = stalled_end + STALLED_AFTER + MS
+    assert queue.predicted_finish(1, later) < later + 10 * MS, "no longer behind it"
+    second_end = queue.started(queue.decide(later).release, later)
+    arrivals(queue, [later + 5], deadline_after=20.0)
+    assert queue.decide(second_end + STALLED_AFTER + 5).release is None, "one spare slot, no more"
+    queue.finished(stalled_end, 1, 9.0, later + 6, answered=False)
+    assert queue.decide(later + 6).release is not None, "the slot is back when the stalled call ends"
+    assert queue.latency.estimate(1, later + 6) < 10 * MS, "a call that ran out of time taught nothing"
 
 
 # --- the threaded batcher, with an injected clock where time decides ------------------------------

@@ -122,7 +122,7 @@ def test_a_server_known_to_be_down_gets_one_fast_attempt_not_retries():
     with pytest.raises(ModelServerError):
         client.predict("m", {"x": np.zeros(1, np.float32)})  # the channel learns the server is down
     deadline = time.monotonic() + 5
-    while client._connectivity() != grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]:
+    while not client.connection_failing():
         assert time.monotonic() < deadline, "the channel never saw the failure"
         time.sleep(0.01)
     observed.clear()
@@ -189,7 +189,7 @@ def test_a_new_process_gets_its_own_channel(echo_server, monkeypatch):
     """gunicorn forks workers from the master; a channel must never cross a fork."""
     client = ModelServerClient(f"127.0.0.1:{echo_server.port}")
     client.predict("m", {"x": np.ones(1, np.float32)})
-    parent_channel = client._channel
+    [parent_server] = client._servers
     monkeypatch.setattr("tfserving_client.client.os.getpid", lambda: -1)
     client.predict("m", {"x": np.ones(1, np.float32)})
-    assert client._channel is not parent_channel
+    assert client._servers[0].channel is not parent_server.channel

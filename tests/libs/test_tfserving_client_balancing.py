@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -37,6 +38,56 @@ def wait_for(condition, seconds: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
         time.sleep(0.05)
+
+
+def server_process(port: int, delay: float, host: str = "127.0.0.1", *, run_in: tuple[str, ...] = ()
+                   ) -> subprocess.Popen:
+    """A SlowPredictServer in a process of its own (to kill or stop), once it listens."""
+    code = (f"from tests.libs.test_tfserving_client import SlowPredictServer; SlowPredictServer(delay={delay}, "
+            f"port={port}, host='{host}'); print('ready', flush=True); import time; time.sleep(600)")
+    process = subprocess.Popen([*run_in, sys.executable, "-c", code], cwd=Path(__file__).parents[2],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+@contextlib.contextmanager
+def steady_calls(client: ModelServerClient, callers: int = 4) -> Iterator[list[tuple[float, float, str]]]:
+    """`callers` threads each calling as soon as its last call ended; yields the outcomes as they
+    come: (started, seconds, error or "")."""
+    outcomes: list[tuple[float, float, str]] = []
+    stop = threading.Event()
+
+    def call_until_stopped() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                client.predict("m", {"x": np.ones(1, np.float32)})
+                outcomes.append((started, time.monotonic() - started, ""))
+            except ModelServerError as error:
+                outcomes.append((started, time.monotonic() - started, str(error)))
+    threads = [threading.Thread(target=call_until_stopped) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def fault_under_steady_calls(client: ModelServerClient, other: SlowPredictServer, fault: Callable[[], object],
+                             seconds: float) -> tuple[list[tuple[float, float, str]], float]:
+    """Calls on both servers, then 4 steady callers, `fault` a second in, and `seconds` more of
+    calls: the outcomes (steady_calls) and when the fault struck."""
+    wait_for(lambda: spread(client, [other], 10)[0] < 0.8, 5, "calls on both servers")
+    with steady_calls(client) as outcomes:
+        time.sleep(1)
+        struck = time.monotonic()
+        fault()
+        time.sleep(seconds)
+    return outcomes, struck
 
 
 @pytest.fixture
@@ -131,15 +182,12 @@ def test_a_server_killed_under_its_calls_costs_no_call_when_another_is_there():
     drops the connection under its calls (UNAVAILABLE, the channel still READY through the other
     server): they are asked of the other."""
     port = free_port()
-    code = (f"from tests.libs.test_tfserving_client import SlowPredictServer; s = SlowPredictServer(delay=5, "
-            f"port={port}); print('ready', flush=True); import time; time.sleep(60)")
-    doomed = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
-                              text=True)
+    doomed = server_process(port, delay=5)
     other = SlowPredictServer()
     client = ModelServerClient(f"ipv4:127.0.0.1:{port},127.0.0.1:{other.port}", timeout_seconds=10.0)
     try:
-        assert doomed.stdout.readline().strip() == "ready"
-        wait_for(lambda: spread(client, [other], 1)[0] >= 0 and client._connectivity() == 2, 5, "a ready channel")
+        wait_for(lambda: spread(client, [other], 1)[0] >= 0 and all(s.state() == 2 for s in client._servers), 5,
+                 "both channels ready")
         with futures.ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(client.predict, "m", {"x": np.ones(1, np.float32)}) for _ in range(4)]
             time.sleep(0.5)
@@ -181,11 +229,7 @@ def server_on_another_host(tag: str) -> Iterator[tuple[str, str, subprocess.Pope
     try:
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
-        code = ("from tests.libs.test_tfserving_client import SlowPredictServer; SlowPredictServer(delay=0.01, "
-                "port=8500, host='0.0.0.0'); print('ready', flush=True); import time; time.sleep(600)")
-        server = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
-                                  cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, text=True)
-        assert server.stdout.readline().strip() == "ready"
+        server = server_process(8500, 0.01, "0.0.0.0", run_in=("ip", "netns", "exec", namespace))
         yield f"{address}:8500", link, server
     finally:
         if server is not None:
@@ -205,30 +249,11 @@ def test_a_server_whose_link_is_cut_stalls_its_calls_only_the_keepalive_timeout(
     other = SlowPredictServer(delay=0.01)
     with server_on_another_host(f"{os.getpid() % 100000}") as (address, link, _):
         client = ModelServerClient(f"ipv4:{address},127.0.0.1:{other.port}", timeout_seconds=10.0)
-        outcomes: list[tuple[float, float, str]] = []  # (started, seconds, error or "")
-        stop = threading.Event()
-
-        def steady_caller() -> None:
-            while not stop.is_set():
-                started = time.monotonic()
-                try:
-                    client.predict("m", {"x": np.ones(1, np.float32)})
-                    outcomes.append((started, time.monotonic() - started, ""))
-                except ModelServerError as error:
-                    outcomes.append((started, time.monotonic() - started, str(error)))
         try:
-            wait_for(lambda: spread(client, [other], 10)[0] < 0.8, 5, "calls on both servers")
-            callers = [threading.Thread(target=steady_caller) for _ in range(4)]
-            for caller in callers:
-                caller.start()
-            time.sleep(1)
-            cut = time.monotonic()
-            subprocess.run(["ip", "link", "set", link, "down"], check=True)
-            time.sleep(KEEPALIVE_TIMEOUT_SECONDS + 3)
+            outcomes, cut = fault_under_steady_calls(
+                client, other, lambda: subprocess.run(["ip", "link", "set", link, "down"], check=True),
+                KEEPALIVE_TIMEOUT_SECONDS + 3)
         finally:
-            stop.set()
-            for caller in callers:
-                caller.join()
             client.close()
             other.server.stop(None)
     assert [o for o in outcomes if o[2]] == [], "nothing lost"
@@ -240,24 +265,50 @@ def test_a_server_whose_link_is_cut_stalls_its_calls_only_the_keepalive_timeout(
 
 def test_a_dns_address_follows_the_names_addresses_as_servers_come_and_go(two_servers, monkeypatch):
     """gRPC asks DNS again only when a connection fails; a server added beside healthy ones is
-    found by the client's own lookups, and the channel it replaces is closed once its calls are
-    done, never under them."""
+    found by the client's own lookups and gets a channel, and the channel of a server gone is
+    closed once its calls are done, never under them."""
     monkeypatch.setattr(client_module, "RESOLVE_EVERY_SECONDS", 0.1)
-    answers = [frozenset({("127.0.0.1", two_servers[0].port)})]
+    first, second = (("127.0.0.1", server.port) for server in two_servers)
+    answers = [frozenset({first})]
     monkeypatch.setattr(client_module, "resolve", lambda address: answers[-1])
-    client = ModelServerClient(f"dns:///localhost:{two_servers[0].port}", timeout_seconds=0.5)
+    client = ModelServerClient(f"dns:///localhost:{first[1]}", timeout_seconds=0.5)
     client.predict("m", {"x": np.ones(1, np.float32)})
-    first_channel = client._channel
+    [kept] = client._servers
     time.sleep(0.5)
     assert client.channels_opened == 1, "the same addresses: the same channel"
-    answers.append(frozenset({("127.0.0.1", two_servers[0].port), ("127.0.0.2", two_servers[0].port)}))
-    wait_for(lambda: client.channels_opened == 2, 3, "a new channel for the new addresses")
-    assert client._channel is not first_channel
-    client.predict("m", {"x": np.ones(1, np.float32)})
-    retired = [channel for _, channel in client._retired]
-    assert retired == [first_channel], "kept open for the calls still under way on it"
-    wait_for(lambda: client._retired == [], 3, "the old channel closed after the longest call")
+    answers.append(frozenset({first, second}))
+    wait_for(lambda: client.channels_opened == 2, 3, "a channel for the new address")
+    assert kept in client._servers and client._retired == []
+    wait_for(lambda: spread(client, two_servers, 20)[1] > 0.3, 3, "calls on the added server")
+    answers.append(frozenset({second}))
+    wait_for(lambda: [s.target for s in client._servers] == [f"ipv4:127.0.0.1:{second[1]}"], 3, "the first gone")
+    assert [server for _, server in client._retired] == [kept], "kept open for the calls still under way on it"
+    wait_for(lambda: client._retired == [], 3, "its channel closed after the longest call")
+    assert spread(client, two_servers, 20) == [0.0, 1.0]
     client.close()
+
+
+def test_a_server_that_stops_answering_keeps_only_the_calls_it_holds():
+    """A model server hung (SIGSTOP here; a wedged process, a stuck device) still has its
+    connection and its kernel's TCP acknowledgements, so nothing tells the channel it is gone.
+    round_robin gave it every other call: 4 steady callers each soon waited out a 10 s deadline
+    there, and nothing was answered for 10 s. Picking the server with the fewest calls under way
+    leaves it the calls it held when it stopped."""
+    port = free_port()
+    hung = server_process(port, delay=0.01)
+    other = SlowPredictServer(delay=0.01)
+    client = ModelServerClient(f"ipv4:127.0.0.1:{port},127.0.0.1:{other.port}", timeout_seconds=3.0)
+    try:
+        outcomes, stopped = fault_under_steady_calls(client, other, lambda: os.kill(hung.pid, signal.SIGSTOP), 4)
+    finally:
+        hung.kill()
+        hung.wait()
+        client.close()
+        other.server.stop(None)
+    failed = [started - stopped for started, _, error in outcomes if error]
+    assert len(failed) <= 4 and all(when < 0.1 for when in failed), "only the calls it held when it stopped"
+    answered = [started for started, _, error in outcomes if not error and stopped + 0.1 < started < stopped + 2.5]
+    assert len(answered) > 100, "the other server answered the rest meanwhile"
 
 
 def test_dns_targets_name_a_host_and_port():

@@ -43,6 +43,11 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _EPSILON = 1e-9  # seconds: rounding, not time
+# A call this far past its predicted end holds its slot no more: its model server has stopped
+# answering (tfserving_client then sends elsewhere), and the queue behind it goes out on a spare
+# slot instead of waiting for the call's deadline. One spare: a second stalled call waits.
+STALLED_AFTER = 1.0
+SPARE_SLOTS = 1
 
 RELEASE_REASONS = ("full", "window", "deadline", "idle")
 
@@ -177,8 +182,9 @@ class BatchQueue:
         """When `count` more examples queued now would be answered: after the calls in flight (if
         no slot is free), the full batches ahead of them, and their own batch."""
         start = now
-        if len(self.in_flight_until) >= self.concurrent_batches:
-            start = max(now, min(self.in_flight_until))
+        busy = self._busy(now)
+        if len(busy) >= self.concurrent_batches:
+            start = max(now, min(busy))
         ahead = len(self.queued)
         full_batches, rest = divmod(ahead, self.max_batch_size)
         own = min(self.max_batch_size, rest + count)
@@ -187,7 +193,13 @@ class BatchQueue:
 
     def decide(self, now: float) -> Decision:
         decision = Decision()
-        if len(self.in_flight_until) >= self.concurrent_batches or not self.queued:
+        if not self.queued:
+            return decision
+        busy = self._busy(now)
+        if len(self.in_flight_until) >= self.concurrent_batches + SPARE_SLOTS:
+            return decision
+        if len(busy) >= self.concurrent_batches:
+            decision.wake_at = min(busy) + STALLED_AFTER  # when the oldest would stop holding its slot
             return decision
         if self.coalesce_only:
             batch = [self.queued.popleft() for _ in range(min(self.max_batch_size, len(self.queued)))]
@@ -228,6 +240,10 @@ class BatchQueue:
             decision.release = Release(batch_view, reason)
         return decision
 
+    def _busy(self, now: float) -> list[float]:
+        """The predicted ends of the calls in flight that hold a slot (STALLED_AFTER)."""
+        return [end for end in self.in_flight_until if end + STALLED_AFTER > now]
+
     def _next_members(self) -> list[Pending]:
         """The next batch's members: the oldest example's group, in arrival order, up to a full batch."""
         group = self.queued[0].group
@@ -252,6 +268,9 @@ class BatchQueue:
             entry.dispatched_at = now
         return end
 
-    def finished(self, predicted_end: float, size: int, seconds: float, now: float) -> None:
+    def finished(self, predicted_end: float, size: int, seconds: float, now: float, answered: bool = True) -> None:
+        """A call ended; only an answered one says how long the model takes (a call that failed
+        fast or ran out of time says nothing of it)."""
         self.in_flight_until.remove(predicted_end)
-        self.latency.observe(size, seconds, now)
+        if answered:
+            self.latency.observe(size, seconds, now)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, Protocol
 
-from service_kit.core.batch_rules import BatchQueue, Item, Pending, Release, Result
+from service_kit.core.batch_rules import SPARE_SLOTS, BatchQueue, Item, Pending, Release, Result
 from service_kit.core.refusals import DeadlineExceeded, Shed
 
 log = logging.getLogger("service_kit.core.micro_batcher")
@@ -147,7 +147,7 @@ class MicroBatcher(Generic[Item, Result]):
         with self._changed:
             if self._started_in != os.getpid():
                 self._loops = [threading.Thread(target=self._loop, name=f"micro-batcher-{index}", daemon=True)
-                               for index in range(self.rules.concurrent_batches)]
+                               for index in range(self.rules.concurrent_batches + SPARE_SLOTS)]
                 for loop in self._loops:
                     loop.start()
                 self._started_in = os.getpid()
@@ -180,10 +180,10 @@ class MicroBatcher(Generic[Item, Result]):
                 self._changed.wait(timeout)
             release = decision.release
             predicted_end = self.rules.started(release, now)
-        self._run(release, now)
+        answered = self._run(release, now)
         with self._changed:
             ended = self.clock()
-            self.rules.finished(predicted_end, len(release.entries), ended - now, ended)
+            self.rules.finished(predicted_end, len(release.entries), ended - now, ended, answered)
             self._changed.notify_all()
 
     def _drop_abandoned(self, release: Release) -> None:
@@ -204,7 +204,8 @@ class MicroBatcher(Generic[Item, Result]):
         release.entries = kept
         self._report_shed("client_gone", sum(gone.values()))
 
-    def _run(self, release: Release, started: float) -> None:
+    def _run(self, release: Release, started: float) -> bool:
+        """The batch's call; whether the model answered it."""
         batch = release.entries
         self._observe("released", release.reason, len(batch), self.rules.max_batch_size)
         for entry in batch:
@@ -217,10 +218,11 @@ class MicroBatcher(Generic[Item, Result]):
             where = _where(error)
             for entry in batch:
                 entry.fail(_own_copy(error, where))
-            return
+            return False
         for entry, result in zip(batch, results):
             entry.result = result
             entry.done.set()
+        return True
 
 
 def _own_copy(error: BaseException, where: str) -> BaseException:
