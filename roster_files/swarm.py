@@ -51,8 +51,8 @@ HEADER = """\
 # - Two model servers, one a host, on the hosts labelled model-server=true (label at least two,
 #   with the memory or the GPU for it, a third to take over from a lost one). Each reads the
 #   model repository at MODEL_REPOSITORY on its own host (a bind mount, as in compose): ship a
-#   new version by copying its folder into that path on every labelled host; each server loads it
-#   within 5 s of its copy landing, with no restart. Baking the repository into an image would
+#   new version by copying its folder into that path on every labelled host; each server starts
+#   loading it within 5 s of its copy landing, with no restart. Baking the repository into an image would
 #   free them to run anywhere, at the price of an image per model version and no hot loading.
 #   The API workers balance their calls over both (every address of tfserving's name) and ask the
 #   other when one is stopped or lost. One a host means a new task cannot start beside the old, so
