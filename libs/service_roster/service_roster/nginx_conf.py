@@ -26,12 +26,13 @@ COMPOSE_LISTEN = "8080"  # the unprivileged nginx image cannot bind 80
 
 
 BOUNDED = "_bounded"  # the upstream group of a service's requests that state a deadline
+RETRY = "_retry"  # the same instances, for one more pass of a request that found none live
 
 
-def _servers(addresses: list[str], resolve: bool, max_conns: int = 0) -> str:
+def _servers(addresses: list[str], resolve: bool, max_conns: int = 0, skip_failed: bool = True) -> str:
     # A replica that refuses connections is skipped for 2 s, then tried again (nginx's default, 10 s,
     # kept a replica that refused while it started out of rotation for 10 s after it listened).
-    suffix = (" resolve" if resolve else "") + " max_fails=1 fail_timeout=2s"
+    suffix = (" resolve" if resolve else "") + (" max_fails=1 fail_timeout=2s" if skip_failed else " max_fails=0")
     if max_conns:
         suffix += f" max_conns={max_conns}"
     return "\n".join(f"        server {address}{suffix};" for address in addresses)
@@ -49,12 +50,15 @@ def _upstream(name: str, servers: str) -> str:
 
 
 def _upstreams(services: list[Service], addresses: dict[str, list[str]], resolve: bool) -> str:
-    """Each service's instances; a service with `max_in_flight` has them twice: requests that state
-    a deadline go to the second group, where each instance takes at most that many at once (with
-    `resolve`, each replica the name resolves to)."""
+    """Each service's instances (with `resolve`, each replica the name resolves to); again, none
+    skipped for having failed, for the one more pass of a request that found no instance live
+    (the template's @another_instance); and for a service with `max_in_flight`, a third time:
+    requests that state a deadline go there, where each instance takes at most that many at once."""
     blocks = []
     for service in services:
         blocks.append(_upstream(service.upstream, _servers(addresses[service.name], resolve)))
+        blocks.append(_upstream(service.upstream + RETRY,
+                                _servers(addresses[service.name], resolve, skip_failed=False)))
         if service.max_in_flight:
             blocks.append(_upstream(service.upstream + BOUNDED,
                                     _servers(addresses[service.name], resolve, service.max_in_flight)))

@@ -103,7 +103,7 @@ def directives(config: Path) -> dict[str, list[list[str]]]:
 def test_what_the_system_relies_on_is_configured(tmp_path):
     found = directives(render_local(tmp_path))
     assert ["off"] in found["server_tokens"]
-    groups = len(ROSTER) + sum(1 for service in ROSTER if service.max_in_flight)
+    groups = 2 * len(ROSTER) + sum(1 for service in ROSTER if service.max_in_flight)  # each, its _retry twin, bounded
     assert len(found["least_conn"]) == len(found["upstream"]) == groups, "every upstream balances by least connections"
     assert found["proxy_next_upstream"] == [["error", "timeout"]], "no replay of a POST an instance took"
     assert found["proxy_next_upstream_tries"] == [["0"]], "every instance, for a request none took"
@@ -114,8 +114,9 @@ def test_what_the_system_relies_on_is_configured(tmp_path):
     instances = []
     for service in ROSTER:
         plain = [[address, "max_fails=1", "fail_timeout=2s"] for address in UPSTREAMS[service.name]]
-        instances += plain + [[*server, f"max_conns={service.max_in_flight}"] for server in plain
-                              if service.max_in_flight]
+        again = [[address, "max_fails=0"] for address in UPSTREAMS[service.name]]
+        instances += plain + again + [[*server, f"max_conns={service.max_in_flight}"] for server in plain
+                                      if service.max_in_flight]
     assert found["server"][:len(instances)] == instances
 
 

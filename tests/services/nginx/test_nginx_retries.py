@@ -1,6 +1,7 @@
 """What nginx sends to another replica, on the real nginx with the rendered template: a request
 that an instance took and then died on is never replayed to the next (it would kill that one too:
-issue 20, item 4); a request no instance took (connection refused) is."""
+issue 20, item 4); a request no instance took (connection refused) is, and one that then found no
+instance live gets one more pass over them all."""
 
 from __future__ import annotations
 
@@ -22,11 +23,18 @@ class Upstream:
     """Reads a request and answers `answer`; with none, closes the connection without a word, as a
     worker the kernel killed mid-request looks to nginx. Counts the requests it saw."""
 
-    def __init__(self, answer: bytes = b"") -> None:
+    def __init__(self, answer: bytes = b"", listening: bool = True) -> None:
         self.answer = answer
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        # Bound but not listening, a port refuses connections as a stopped instance's does.
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.seen = 0
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        self.listener.listen()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -106,3 +114,25 @@ def test_a_request_goes_past_every_instance_that_refuses_it(tmp_path):
     with nginx_in_front_of(tmp_path, [*refused, answering.address]) as url:
         reply = requests.post(f"{url}/cv_sod", data=b"x", timeout=30)
     assert reply.status_code == 200 and answering.seen == 1
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def test_a_request_that_found_no_instance_live_gets_one_more_pass(tmp_path):
+    """nginx ends a request's retries with "no live upstreams" when every instance is marked failed,
+    and also (nginx >= 1.27.3, `resolve`) when the name's addresses changed while it waited: under
+    compose, a POST that waited 2 s to connect to a replica that had just stopped was a 502 with the
+    other replica idle (a clean-clone CI run). Both leave the group's name in $upstream_addr; such
+    a request was never taken by any instance, and gets one more pass. Here the first cause: both
+    instances refused the first request and are marked failed for 2 s; one of them listens again."""
+    first, second = Upstream(OK, listening=False), Upstream(OK, listening=False)
+    with nginx_in_front_of(tmp_path, [], [first.address, second.address]) as url:
+        nobody = requests.post(f"{url}/lstm", json={"line": "x"}, timeout=30)
+        second.listen()
+        again = requests.post(f"{url}/lstm", json={"line": "x"}, timeout=30)
+        log = (tmp_path / "access.log").read_text().splitlines()
+    assert nobody.status_code == 502 and nobody.json()["error"]["code"] == "bad_gateway"
+    assert again.status_code == 200 and (first.seen, second.seen) == (0, 1), again.text
+    assert '"upstream":"text_api : ' in log[-1], log[-1]  # the first pass found none live
+
