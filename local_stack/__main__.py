@@ -1,7 +1,8 @@
-"""./stack up|down|status: the whole topology as local processes.
+"""./stack up|down|status|rollout: the whole topology as local processes.
 
     python -m local_stack up [--scale text-api=4] [--scale vision-api=2] [--scale tfserving=2] [--http-port 8080]
     python -m local_stack down
+    python -m local_stack rollout lstm 2        (or `rollout status`)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from model_rollout.__main__ import main as rollout_main
 
 from local_stack import compose_file, topology
 from local_stack.processes import SupervisedProcess, http_ok, port_is_free
@@ -63,7 +66,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         say(f"starting {len(processes)} processes; logs in {run_dir / 'logs'}")
         not_ready = topology.start_and_wait(processes, args.ready_timeout, lambda: bool(stopping))
-        written = _write_state(state_file, processes)
+        written = _write_state(state_file, processes, options=options)
         if stopping:
             return 0
         if not_ready:
@@ -86,7 +89,7 @@ def up(args: argparse.Namespace) -> int:
         while not stopping:
             for process in processes:
                 process.check()
-            written = _write_state(state_file, processes, written)
+            written = _write_state(state_file, processes, written, options)
             time.sleep(0.2)
         return 0
     finally:
@@ -125,9 +128,12 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_state(state_file: Path, processes: list[SupervisedProcess], written: str = "") -> str:
-    """Record pids and addresses for `down`/`status`; rewritten only when something changed."""
+def _write_state(state_file: Path, processes: list[SupervisedProcess], written: str = "",
+                 options: topology.Options | None = None) -> str:
+    """Record pids and addresses for `down`/`status`/`rollout`; rewritten only when something changed."""
     state = {"launcher_pid": os.getpid(), "launcher_started": _start_time(os.getpid()),
+             "model_repository": str(options.model_repository) if options else None,
+             "ports": {role: number for p in processes for role, number in p.spec.ports.items()},
              # A pid alone may belong to a stranger by the time `down` reads this (a crash, a
              # reboot): each is recorded with its start time, and signalled only if both match.
              "process_groups": [[p.pid, _start_time(p.pid)] for p in processes if p.pid],
@@ -139,6 +145,27 @@ def _write_state(state_file: Path, processes: list[SupervisedProcess], written: 
         tmp.write_text(text)
         tmp.replace(state_file)
     return text
+
+
+def rollout(args: argparse.Namespace) -> int:
+    """`./stack rollout MODEL VERSION` (or `status`) on the running stack: its model servers, the
+    instances of the API service whose roster entry names the model, its model repository."""
+    state_file = args.run_dir.resolve() / "stack.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if not state or not _alive(state["launcher_pid"], state.get("launcher_started")):
+        say("not running: `./stack up` first")
+        return 1
+    repository = ["--repository", state["model_repository"]]
+    if args.model == "status":
+        return rollout_main(["status", *repository])
+    ports = state["ports"]
+    services = [s.name for s in compose_file.load().services if s.model == args.model]
+    servers = [f"--model-server=127.0.0.1:{ports[role]}=http://127.0.0.1:{ports[role[:-len('-grpc')] + '-rest']}"
+               for role in sorted(ports) if role.startswith("model-server") and role.endswith("-grpc")]
+    apis = [f"--api=http://127.0.0.1:{number}" for role, number in sorted(ports.items())
+            if any(role.startswith(f"{service}-") for service in services)]
+    return rollout_main([args.model, *([str(args.version)] if args.version is not None else []),
+                         *repository, *servers, *apis])
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -196,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="the folder served as /models (default: $MODEL_REPOSITORY or tfserving/models)")
     commands.add_parser("down", help="stop a stack started with `up`")
     commands.add_parser("status", help="print the running stack's processes")
+    roll = commands.add_parser("rollout", help="roll version N of a model out (preflight, shadow, canary, then "
+                                               "promoted or rolled back): `rollout lstm 2`; `rollout status`")
+    roll.add_argument("model")
+    roll.add_argument("version", nargs="?", type=int)
     args = parser.parse_args(argv)
-    return {"up": up, "down": down, "status": status}[args.command](args)
+    return {"up": up, "down": down, "status": status, "rollout": rollout}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ GUNICORN_CONFIG = "python:service_kit.http.gunicorn_config"  # as services/api.D
 # How long an API instance restarted to follow a moved model server may take to be ready.
 FOLLOW_TIMEOUT_SECONDS = 120.0
 EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+ROLLOUTS = "rollouts"  # the rollouts' state files, in the model repository (service_kit.core.rollout_state)
 
 
 def default_scale() -> dict[str, int]:
@@ -130,7 +131,8 @@ def build_specs(options: Options, nginx_temp: Path, ports: dict[str, int] | None
             api_port = port(f"{service}-{index}")
             upstreams.setdefault(service, []).append(f"127.0.0.1:{api_port}")
             env = {**base_env, **settings.environments[service], **options.env_overrides.get(service, {}),
-                   "TFSERVING_GRPC_ADDRESS": tfserving_address, "API_BIND": f"127.0.0.1:{api_port}"}
+                   "TFSERVING_GRPC_ADDRESS": tfserving_address, "API_BIND": f"127.0.0.1:{api_port}",
+                   "ROLLOUT_DIR": str(options.model_repository / ROLLOUTS)}
             # Each instance sums its own workers' metrics; emptied by gunicorn at every (re)start.
             env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics" / f"{service}-{index}")
             # The same gunicorn config the service's container runs; it reads ./service.toml.

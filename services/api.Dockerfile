@@ -36,7 +36,7 @@ RUN pip install --no-cache-dir --find-links /tmp/wheels --only-binary gunicorn-h
 # The project's shared libraries (their dependencies are pinned in requirements.txt above).
 COPY libs/ /tmp/libs/
 RUN pip install --no-cache-dir --no-deps /tmp/libs/tfserving_client /tmp/libs/service_kit \
-        /tmp/libs/model_preprocessing /tmp/libs/service_roster \
+        /tmp/libs/model_preprocessing /tmp/libs/service_roster /tmp/libs/model_rollout \
     && rm -rf /tmp/libs
 
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app

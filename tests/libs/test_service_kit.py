@@ -19,6 +19,7 @@ import time
 import grpc
 import pytest
 from flask import Flask, request
+from model_rollout.settings import RolloutSettings
 from prometheus_client import REGISTRY
 from pydantic import TypeAdapter, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -126,7 +127,7 @@ def test_log_lines_are_json_with_extra_fields():
 def test_every_variable_is_documented():
     documented = (REPO_ROOT / "services" / "README.md").read_text()
     gunicorn_base = (REPO_ROOT / "libs" / "service_kit" / "service_kit" / "http" / "gunicorn_config.py").read_text()
-    names = {*TextApiSettings.variables(), *VisionApiSettings.variables(),
+    names = {*TextApiSettings.variables(), *VisionApiSettings.variables(), *RolloutSettings.variables(),
              *re.findall(r'os\.environ\.get\("([A-Z_]+)"', gunicorn_base)}
     missing = sorted(name for name in names if f"`{name}`" not in documented)
     assert not missing, f"undocumented in services/README.md: {missing}"

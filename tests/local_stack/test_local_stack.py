@@ -197,3 +197,17 @@ def test_a_model_that_fails_to_load_leaves_the_other_serving(tmp_path):
     with running_stack(tmp_path / "run", "--model-repository", str(repository)) as stack:
         end_to_end.check_one_broken_model_leaves_the_other_serving(stack.url)
         assert "WARNING: vision-api-1: its model is not available" in stack.process.log_text()
+
+
+def test_rollout_finds_the_running_stack_and_refuses_a_model_that_takes_the_newest_version(stack):
+    """`./stack rollout` reads the running stack's model servers, instances and repository from its
+    state file; the committed models.config serves `latest`, where a version copied in goes live at
+    once: nothing to roll out, and it says how to pin, touching nothing."""
+    def rollout(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "local_stack", "--run-dir", str(stack.run_dir), "rollout", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    assert rollout("status").stdout.strip().endswith("no rollout yet")
+    refused = rollout("lstm", "2")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "serves the newest version in its folder" in refused.stdout and "specific" in refused.stdout

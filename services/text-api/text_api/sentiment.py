@@ -9,6 +9,7 @@ import numpy as np
 from model_preprocessing.text import load_dictionary, pad_batch
 from service_kit.core.model_call import Prediction
 from service_kit.core.refusals import InputTooLarge, InvalidInput, UnusableInput
+from service_kit.core.rollout import Comparison
 from service_kit.core.service import ModelService
 from service_kit.http.contract import QUERY, Operation
 from text_api.schemas import (
@@ -110,6 +111,12 @@ class SentimentService(ModelService[str, list[str], Sentiment]):
     def to_inputs(self, sentences: list[list[str]]) -> dict[str, np.ndarray]:
         words, nwords = pad_batch(sentences)
         return {"words": words, "nwords": nwords}
+
+    def compare(self, live: Sentiment, candidate: Sentiment) -> Comparison:
+        """A rollout's shadow: the same label is agreement; the distance is the probabilities' total
+        variation (half the L1 distance: 0 the same, 1 opposite certainties)."""
+        distance = 0.5 * sum(abs(a - b) for a, b in zip(live.probabilities, candidate.probabilities))
+        return Comparison(live.label == candidate.label, round(distance, 6))
 
     def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[Sentiment]:
         labels, class_ids, softmax = (outputs[k] for k in ("labels", "classes_id", "softmax"))

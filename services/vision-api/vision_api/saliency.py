@@ -16,6 +16,7 @@ from model_preprocessing.image import MODEL_SIZE, mask_to_image
 from service_kit.core.memory import ByteBudget
 from service_kit.core.model_call import Prediction
 from service_kit.core.refusals import Busy, DeadlineExceeded, InputTooLarge
+from service_kit.core.rollout import Comparison
 from service_kit.core.service import Binary, ModelService
 from service_kit.http.contract import BINARY, QUERY, Operation, Reply
 from tfserving_client import ModelServerClient
@@ -179,7 +180,17 @@ class SaliencyService(ModelService[Image, np.ndarray, np.ndarray]):
     def from_outputs(self, outputs: dict[str, np.ndarray], count: int) -> Sequence[np.ndarray]:
         return list(outputs["img_out"])
 
+    def compare(self, live: np.ndarray, candidate: np.ndarray) -> Comparison:
+        """A rollout's shadow: the masks (saliency over 0.5) overlap with an IoU of at least
+        MASK_AGREEMENT_IOU; the distance is 1 - IoU."""
+        ours, theirs = np.asarray(live) > 0.5, np.asarray(candidate) > 0.5
+        union = int(np.logical_or(ours, theirs).sum())
+        iou = 1.0 if union == 0 else int(np.logical_and(ours, theirs).sum()) / union
+        return Comparison(iou >= MASK_AGREEMENT_IOU, round(1.0 - iou, 6))
 
+
+# Two masks agree when they overlap this much (intersection over union, saliency over 0.5).
+MASK_AGREEMENT_IOU = 0.9
 # The decoding children's start (setup() waits for it).
 DECODERS_START_SECONDS = 60
 # OpenCV's own limit on a side (CV_IO_MAX_IMAGE_WIDTH and _HEIGHT): past it imread refuses.

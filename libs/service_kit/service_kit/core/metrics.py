@@ -24,6 +24,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -112,3 +113,20 @@ def _files_locked(directory: str, mode: int) -> Iterator[None]:
     with open(os.path.join(directory, "files.lock"), "a") as lock:
         fcntl.flock(lock, mode)
         yield
+
+
+# A model's rollout as this worker follows it (service_kit.core.rollout; model_rollout's controller
+# reads these from every instance): its stage, the calls asked of each version, their time, and
+# what shadowing compared or shed.
+ROLLOUT_STAGE = Gauge("rollout_stage", "1 for the stage of the model's rollout this worker follows",
+                      ["model", "stage"], multiprocess_mode="livemax")
+ROLLOUT_CALLS = Counter("rollout_calls_total", "Predict calls during a rollout, by the part each played",
+                        ["model", "version", "role", "outcome"])
+ROLLOUT_CALL_SECONDS = Histogram("rollout_call_seconds", "Time of one Predict call during a rollout",
+                                 ["model", "role"], buckets=_LATENCY_BUCKETS)
+ROLLOUT_SHADOW_COMPARED = Counter("rollout_shadow_compared_total",
+                                  "Answers of the candidate compared with the live ones",
+                                  ["model", "version", "agreed"])
+ROLLOUT_SHADOW_DISTANCE = Counter("rollout_shadow_distance_total", "Sum of the compared answers' distances",
+                                  ["model", "version"])
+ROLLOUT_SHADOW_SHED = Counter("rollout_shadow_shed_total", "Shadow calls not made, by why", ["model", "reason"])

@@ -17,6 +17,7 @@ from service_kit.core import deadlines, metrics
 from service_kit.core.batch_rules import BatchQueue
 from service_kit.core.micro_batcher import MicroBatcher
 from service_kit.core.refusals import Shed
+from service_kit.core.rollout import Comparison, RolloutCalls, same_arrays
 from service_kit.core.settings import ServiceSettings
 from tfserving_client import ModelServerClient
 
@@ -41,7 +42,8 @@ class ModelCall(Generic[Example, Output]):
                  to_inputs: Callable[[list[Example]], dict[str, np.ndarray]],
                  from_outputs: Callable[[dict[str, np.ndarray], int], Sequence[Output]],
                  output_names: tuple[str, ...] | None = None,
-                 batch_group: Callable[[Example], Hashable] | None = None):
+                 batch_group: Callable[[Example], Hashable] | None = None,
+                 compare: Callable[[Output, Output], Comparison] = same_arrays):
         self.client = client
         self.settings = settings
         self.to_inputs, self.from_outputs = to_inputs, from_outputs
@@ -57,6 +59,8 @@ class ModelCall(Generic[Example, Output]):
                                coalesce_only=settings.model_batching == "coalesce")
             self.batcher = MicroBatcher(self._predict_batch, rules, metrics.BatchMetrics(settings.model_name),
                                         group_of=batch_group)
+        self.rollout = RolloutCalls(settings.model_name, settings.rollout_dir, self._ask, from_outputs, compare,
+                                    waiting=lambda: len(self.batcher.rules.queued) if self.batcher else 0)
 
     def predicted_seconds(self, now: float) -> float:
         """How long a request arriving now would take to be answered: preparing it, then the
@@ -102,11 +106,20 @@ class ModelCall(Generic[Example, Output]):
     def _predict_batch(self, examples: list[Example], deadline: float) -> list[tuple[Output, int | None]]:
         """One Predict call for a batch, given until the latest deadline among its requests."""
         metrics.MODEL_BATCH_SIZE.labels(self.settings.model_name).observe(len(examples))
-        result = self.client.predict(
-            self.settings.model_name, self.to_inputs(examples),
-            signature_name=self.settings.model_signature, version_label=self.settings.model_version_label or None,
+        inputs = self.to_inputs(examples)
+        rollout = self.rollout.current()
+        if rollout is None:
+            result = self._ask(inputs, None, deadline)
+            outputs, version = self.from_outputs(result.outputs, len(examples)), result.model_version
+        else:
+            outputs, version = self.rollout.predict(rollout, inputs, len(examples), deadline)
+        return [(output, version) for output in outputs]
+
+    def _ask(self, inputs: dict[str, np.ndarray], version: int | None, deadline: float):
+        """One Predict call: of `version`, else of the settings' label (else the newest version)."""
+        return self.client.predict(
+            self.settings.model_name, inputs, signature_name=self.settings.model_signature, version=version,
+            version_label=None if version is not None else self.settings.model_version_label or None,
             output_filter=list(self.output_names) if self.output_names else None,
             timeout_seconds=max(0.001, min(self.settings.model_timeout_seconds, deadline - time.monotonic())),
         )
-        outputs = self.from_outputs(result.outputs, len(examples))
-        return [(output, result.model_version) for output in outputs]

@@ -6,6 +6,7 @@
     prepare(items, deadline) -> examples   costly: segmenting, decoding
     to_inputs(examples) -> tensors         (batched with the worker's other requests: ModelCall)
     from_outputs(tensors, count) -> results
+    compare(live, candidate) -> Comparison   a rollout's shadow: one example's two answers compared
     encode(request, items, prediction, reply) -> the reply, as the model `reply` (None: bytes);
                                            an operation may bring its own encoder instead
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from service_kit.core.deadlines import RequestBudget
 from service_kit.core.model_call import Example, ModelCall, Output, Prediction
+from service_kit.core.rollout import Comparison, same_arrays
 from service_kit.core.settings import ServiceSettings
 from service_roster import entry_of
 from tfserving_client import ModelServerClient
@@ -56,8 +58,9 @@ class ModelService(Generic[Item, Example, Output]):
         self.client = client
         # Its model and body limit, where the settings leave them open, from its roster entry.
         self.settings = settings.with_roster_defaults(entry_of(type(self)))
-        self.model_call: ModelCall[Example, Output] = ModelCall(client, settings, self.to_inputs, self.from_outputs,
-                                                                self.output_names, self.batch_group)
+        self.model_call: ModelCall[Example, Output] = ModelCall(client, self.settings, self.to_inputs,
+                                                                self.from_outputs, self.output_names,
+                                                                self.batch_group, self.compare)
 
     def setup(self) -> None:
         """Once, before the first request (e.g. wait for helper processes to start)."""
@@ -91,6 +94,12 @@ class ModelService(Generic[Item, Example, Output]):
         """Only examples of one group share a model call: for inputs padded to a batch's longest
         member, a length class. One group by default."""
         return None
+
+    def compare(self, live: Output, candidate: Output) -> Comparison:
+        """A rollout's shadow comparison of one example's answers, the live version's and the
+        candidate's: do they agree, and how far apart are they (0: the same)? By default, equal
+        arrays; a service says what agreement means for its model."""
+        return same_arrays(live, candidate)
 
     def encode(self, request: Any, items: list[Item], prediction: Prediction[Output], reply: Any) -> Any:
         """The reply: an instance of `reply`, the model of the media type the caller takes among the

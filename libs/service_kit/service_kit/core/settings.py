@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from service_roster import Service
 
 T = TypeVar("T", bound="ServiceSettings")
+E = TypeVar("E", bound="EnvSettings")
 
 BATCHING_MODES = ("deadline", "coalesce", "off")
 UNROSTERED_MAX_BODY_BYTES = 1024 * 1024
@@ -32,8 +33,32 @@ def _parse(raw: str, kind: type) -> Any:
     return kind(raw)
 
 
+class EnvSettings:
+    """A frozen dataclass whose fields are read from environment variables (`env`)."""
+
+    @classmethod
+    def from_env(cls: type[E], environ: Mapping[str, str] | None = None, **overrides: Any) -> E:
+        """Read every field's variable; a value that does not parse stops the program at start."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.metadata.get("env")
+            if name and name in environ:
+                try:
+                    values[field.name] = _parse(environ[name], hints[field.name])
+                except ValueError as error:
+                    raise ValueError(f"environment variable {name}: {error}") from None
+        return cls(**{**values, **overrides})
+
+    @classmethod
+    def variables(cls) -> dict[str, Any]:
+        """Environment variable -> default, for docs and for the test that keeps them in sync."""
+        return {f.metadata["env"]: f.default for f in dataclasses.fields(cls) if "env" in f.metadata}
+
+
 @dataclasses.dataclass(frozen=True)
-class ServiceSettings:
+class ServiceSettings(EnvSettings):
     """What every service needs to reach its model; services subclass this with their own limits."""
 
     tfserving_address: str = env("TFSERVING_GRPC_ADDRESS", "127.0.0.1:8500")
@@ -44,6 +69,9 @@ class ServiceSettings:
     # in models.config switches every worker at once, without a restart.
     model_version_label: str = env("MODEL_VERSION_LABEL", "")
     model_timeout_seconds: float = env("MODEL_TIMEOUT_SECONDS", 10.0)
+    # Where the rollouts' state files are (model_rollout: `<model repository>/rollouts`); "": no
+    # rollout is followed, the model is asked for as above.
+    rollout_dir: str = env("ROLLOUT_DIR", "")
     model_retries: int = env("MODEL_RETRIES", 2)
     readiness_cache_seconds: float = env("READINESS_CACHE_SECONDS", 1.0)
     retry_after_seconds: int = env("RETRY_AFTER_SECONDS", 1)
@@ -95,23 +123,3 @@ class ServiceSettings:
 
     def worker_processes(self) -> int:
         return self.web_concurrency or os.cpu_count() or 1
-
-    @classmethod
-    def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
-        """Read every field's variable; a value that does not parse stops the service at start."""
-        environ = os.environ if environ is None else environ
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            name = field.metadata.get("env")
-            if name and name in environ:
-                try:
-                    values[field.name] = _parse(environ[name], hints[field.name])
-                except ValueError as error:
-                    raise ValueError(f"environment variable {name}: {error}") from None
-        return cls(**{**values, **overrides})
-
-    @classmethod
-    def variables(cls) -> dict[str, Any]:
-        """Environment variable -> default, for docs and for the test that keeps them in sync."""
-        return {f.metadata["env"]: f.default for f in dataclasses.fields(cls) if "env" in f.metadata}
