@@ -88,8 +88,10 @@ class ServingTarget:
     process: ManagedProcess | None = None
 
 
-def start_model_server(repository: Path, log_path: Path, *extra: str) -> tuple[ServingTarget, ManagedProcess]:
-    grpc_port, rest_port = free_port(), free_port()
+def start_model_server(repository: Path, log_path: Path, *extra: str,
+                       ports: tuple[int, int] | None = None) -> tuple[ServingTarget, ManagedProcess]:
+    """`ports` (gRPC, REST): a restart on the ports its clients know; else free ones."""
+    grpc_port, rest_port = ports or (free_port(), free_port())
     process = ManagedProcess(
         [sys.executable, "-m", "model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          f"--model_config_file={repository / 'models.config'}", f"--rebase_model_base_path=/models={repository}",

@@ -48,7 +48,8 @@ def merged_with_gpu() -> dict:
 @pytest.mark.parametrize("document", [COMPOSE, merged_with_gpu()], ids=["compose", "compose+gpu"])
 def test_valid_compose_specification(document):
     parsed = PyCompose.from_yaml(yaml.safe_dump(document))
-    assert sorted(parsed.service_names()) == sorted(["grafana", "nginx", "prometheus", "tfserving", *API_NAMES])
+    assert sorted(parsed.service_names()) == sorted(["grafana", "nginx", "prometheus", "rollout", "tfserving",
+                                                     *API_NAMES])
 
 
 def test_only_nginx_publishes_a_port_and_nothing_pins_a_container_name():
@@ -71,10 +72,13 @@ def test_no_model_server_port_is_published_with_any_override(override):
 def test_the_model_server_shares_an_internal_network_with_the_api_services_alone():
     """Issue 33: nginx, which faces the callers, and Grafana shared one network with the model
     server, whose ports can unload every model. Prometheus may join it: it only scrapes, with GETs
-    its read-only config names, and is published nowhere."""
+    its read-only config names, and is published nowhere. So may the rollout: a command its user
+    runs (`docker compose run`, profile tools) to move versions, which is the reload's purpose."""
     networks = {name: set(service.get("networks", ["default"])) for name, service in SERVICES.items()}
     assert networks["tfserving"] == {"models"} and COMPOSE["networks"]["models"] == {"internal": True}
-    assert {name for name, joined in networks.items() if "models" in joined} == {"tfserving", "prometheus", *APIS}
+    assert {name for name, joined in networks.items() if "models" in joined} == \
+        {"tfserving", "prometheus", "rollout", *APIS}
+    assert SERVICES["rollout"]["profiles"] == ["tools"] and networks["rollout"] == {"models"}
     assert all(networks[api] == {"front", "models"} for api in APIS) and networks["nginx"] == {"front"}
     assert networks["grafana"] == {"monitoring"}
 
@@ -98,6 +102,8 @@ def test_grafana_has_no_default_admin_login():
 
 def test_every_service_restarts_has_a_health_check_and_limits():
     for name, service in SERVICES.items():
+        if "tools" in service.get("profiles", []):  # a command run once (`docker compose run --rm`)
+            continue
         assert service["restart"] in ("unless-stopped", "always"), name
         assert service["healthcheck"]["test"], name
         assert service["deploy"]["resources"]["limits"]["memory"], name

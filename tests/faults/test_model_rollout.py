@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from model_rollout import models_config
+from model_rollout import controller, models_config
+from model_rollout.controller import ModelServer
 
 from service_kit.core import rollout_state as state
 from tests.conftest import REPO_ROOT, copy_repository, start_model_server, wait_until
@@ -33,9 +35,14 @@ QUICKER = {"ROLLOUT_STEP_SECONDS": "3", "ROLLOUT_STEP_MIN_ANSWERS": "20", "ROLLO
            "ROLLOUT_STAGE_TIMEOUT_SECONDS": "60", "ROLLOUT_PREFLIGHT_ROUNDS": "10"}
 
 
+def MODEL_SERVER_FLAGS(repository: Path) -> list[str]:  # noqa: N802 - a constant of the repository
+    return ["--enable_batching", f"--batching_parameters_file={repository / 'batching.config'}"]
+
+
 class Stack:
     def __init__(self, repository: Path, model_server, api) -> None:
         self.repository, self.model_server, self.api = repository, model_server, api
+        self.server = self.base = None  # the model server's process, the fixture's folder
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "model_rollout", *args, "--repository", str(self.repository),
@@ -58,15 +65,16 @@ def rollout_stack(tmp_path_factory):
     repository = copy_repository(base / "models")
     config_file = repository / "models.config"
     models_config.save(config_file, models_config.serve(models_config.load(config_file), "lstm", [1], {"stable": 1}))
-    target, server = start_model_server(repository, base / "model_server.log", "--enable_batching",
-                                        f"--batching_parameters_file={repository / 'batching.config'}")
+    target, server = start_model_server(repository, base / "model_server.log", *MODEL_SERVER_FLAGS(repository))
     api = start_api("text-api", target.grpc_address, base / "text-api.log",
                     env={"ROLLOUT_DIR": str(repository / "rollouts")})
+    stack = Stack(repository, target, api)
+    stack.server, stack.base = server, base
     try:
-        yield Stack(repository, target, api)
+        yield stack
     finally:
-        api.process.stop()
-        server.stop()
+        stack.api.process.stop()
+        stack.server.stop()
 
 
 class Stages:
@@ -145,7 +153,7 @@ def test_a_version_that_fails_on_some_inputs_is_rolled_back_in_canary(rollout_st
     rolled_back = stages.began("rolled_back")
     assert versions_between(load, rolled_back + 1, float("inf")) == {1}
     record_fault(fault_table, "rollout: a version that fails on some texts", load,
-                 f"rolled back at the canary's first step ({final.reason.split(': ', 1)[1].split(';')[0]}); "
+                 f"rolled back at the canary's first step ({final.reason.split(': ', 1)[1].split(' (')[0]}); "
                  f"each failed call answered by version 1")
 
 
@@ -174,6 +182,54 @@ def test_two_rollouts_of_a_model_cannot_run_at_once(rollout_stack):
         first.wait(120)
         shutil.rmtree(rollout_stack.repository / "lstm" / "2", ignore_errors=True)
     assert rollout_stack.state().stage == "rolled_back" and "not enough traffic" in rollout_stack.state().reason
+
+
+def test_a_rollout_survives_restarts_of_the_api_and_the_model_server(rollout_stack):
+    """Mid-rollout (shadow, the candidate loaded beside the live version), the API instance and
+    then the model server are restarted: each reads where the rollout stands (the state file,
+    models.config) and the live version keeps answering; the rollout then goes on to promotion."""
+    stack = rollout_stack
+    write_candidate(stack.repository, "same")
+    command = subprocess.Popen(stack.command("lstm", "2"), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, **QUICKER, "ROLLOUT_SHADOW_MIN_COMPARED": "200",
+                                    "ROLLOUT_STAGE_TIMEOUT_SECONDS": "240"})
+    try:
+        wait_until(lambda: stack.state() is not None and stack.state().stage == "shadow", 60, "the shadow stage")
+        stack.api.process.stop()
+        stack.api = start_api("text-api", stack.model_server.grpc_address, stack.base / "text-api-2.log",
+                              env={"ROLLOUT_DIR": str(stack.repository / "rollouts")},
+                              port=int(stack.api.url.rsplit(":", 1)[1]))
+        assert answering_versions(stack.api.url) == {1}, "a new worker asks for the live version"
+        ports = tuple(int(url.rsplit(":", 1)[1]) for url in (stack.model_server.grpc_address,
+                                                            stack.model_server.rest_url))
+        stack.server.stop(signal.SIGKILL)
+        stack.model_server, stack.server = start_model_server(
+            stack.repository, stack.base / "model_server-2.log", *MODEL_SERVER_FLAGS(stack.repository), ports=ports)
+        wait_until(lambda: answering_versions(stack.api.url) == {1}, 30, "the live version again")
+        with HttpLoad(stack.api.url) as load:
+            out, _ = command.communicate(timeout=180)
+        assert command.returncode == 0, out
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert stack.state().stage == "promoted" and load.failed() == [], (stack.state(), load.failed()[:5])
+    assert load.versions_since(time.monotonic() - 1) == {2}
+    rollback_to_version_1(stack)
+
+
+def answering_versions(url: str, count: int = 20) -> set[int]:
+    return {requests.post(f"{url}/lstm", json={"line": "很好"}, timeout=10).json()["model_version"]
+            for _ in range(count)}
+
+
+def rollback_to_version_1(stack: Stack) -> None:
+    """Back to lstm 1 alone, as the fixture began (another test promotes version 2 again)."""
+    config_file = stack.repository / "models.config"
+    controller.configure(config_file, models_config.serve(models_config.load(config_file), "lstm", [1], {"stable": 1}),
+                         [ModelServer(stack.model_server.grpc_address, stack.model_server.rest_url)])
+    wait_until(lambda: answering_versions(stack.api.url, 5) == {1}, 90, "version 1 alone again")
+    shutil.rmtree(stack.repository / "lstm" / "2")
+    state.state_file(stack.repository / "rollouts", "lstm").unlink()
 
 
 def test_a_good_version_is_promoted_through_every_stage(rollout_stack, fault_table):

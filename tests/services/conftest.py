@@ -86,10 +86,11 @@ class ApiInstance:
 
 
 def start_api(service: str, model_server: str, log_path: Path, workers: int = 1,
-              env: dict[str, str] | None = None, cgroup: MemoryCgroup | None = None) -> ApiInstance:
+              env: dict[str, str] | None = None, cgroup: MemoryCgroup | None = None,
+              port: int | None = None) -> ApiInstance:
     """Start a service's gunicorn exactly as local mode does, in its folder with the shared config
-    (inside `cgroup` when given: under a container's memory limit)."""
-    port = free_port()
+    (inside `cgroup` when given: under a container's memory limit; on `port`, a restart's, if given)."""
+    port = port or free_port()
     service_dir = REPO_ROOT / "services" / service
     command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--chdir", str(service_dir)]
     process = ManagedProcess(

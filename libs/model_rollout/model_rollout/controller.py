@@ -289,25 +289,8 @@ class Rollout:
         state.write(self.state_dir, rollout)
 
     def _configure(self, versions: list[int], labels: dict[str, int]) -> None:
-        """models.config with the model serving these versions, written, then reloaded at once on
-        every model server that takes the reload from here (the others poll the file)."""
         config = models_config.serve(models_config.load(self.config_file), self.model, versions, labels)
-        models_config.save(self.config_file, config)
-        request = model_management_pb2.ReloadConfigRequest()
-        request.config.CopyFrom(config)
-        for server in self.model_servers():
-            with grpc.insecure_channel(server.grpc) as channel:
-                reload = channel.unary_unary(RELOAD_METHOD, request_serializer=request.SerializeToString,
-                                             response_deserializer=model_management_pb2.ReloadConfigResponse.FromString)
-                try:
-                    response = reload(request, timeout=30)
-                except grpc.RpcError as error:
-                    if error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE):
-                        continue  # it reads the file at its next poll
-                    raise
-                if response.status.error_code:
-                    raise RolloutFailed(f"model server {server.grpc} refused the config: "
-                                        f"{response.status.error_message}")
+        configure(self.config_file, config, self.model_servers())
 
     def _wait_for(self, done: Callable[[dict[int, str]], bool], what: str,
                   failed: Callable[[dict[int, str], dict[int, str]], str | None] | None = None) -> None:
@@ -335,3 +318,23 @@ class Rollout:
             if time.monotonic() > deadline:
                 raise RolloutFailed(f"waited {self.settings.load_timeout_seconds:g} s for {what} on every model server")
             time.sleep(0.2)
+
+
+def configure(config_file: Path, config: models_config.ModelServerConfig, servers: list[ModelServer]) -> None:
+    """models.config written, then reloaded at once on every model server that takes the reload
+    from here (the others read the file at their next poll)."""
+    models_config.save(config_file, config)
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.CopyFrom(config)
+    for server in servers:
+        with grpc.insecure_channel(server.grpc) as channel:
+            reload = channel.unary_unary(RELOAD_METHOD, request_serializer=request.SerializeToString,
+                                         response_deserializer=model_management_pb2.ReloadConfigResponse.FromString)
+            try:
+                response = reload(request, timeout=30)
+            except grpc.RpcError as error:
+                if error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE):
+                    continue  # it reads the file at its next poll
+                raise
+            if response.status.error_code:
+                raise RolloutFailed(f"model server {server.grpc} refused the config: {response.status.error_message}")
