@@ -68,6 +68,9 @@ class RolloutCalls:
         if stage != self._shown_stage:
             for known in (*ACTIVE_STAGES, *FINAL_STAGES):
                 metrics.ROLLOUT_STAGE.labels(self.model, known).set(1 if known == stage else 0)
+            if rollout is not None:
+                log.info("rollout of %s: version %s -> %s, %s; asking for version %s", self.model, rollout.live,
+                         rollout.candidate, stage, rollout.pinned or "(as models.config serves)")
             self._shown_stage = stage
         return rollout
 
