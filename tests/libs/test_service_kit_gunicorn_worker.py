@@ -91,3 +91,42 @@ def test_a_connection_accepted_as_the_worker_stops_accepting_is_answered():
         client.close()
         accepted.close()
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"ok"), answer
+
+
+@pytest.mark.parametrize("draining", [True, False])
+def test_connections_the_kernel_queued_are_served_when_the_worker_stops_listening(draining):
+    """Connections the kernel completed but the worker had not accepted yet when it closed its
+    listener were reset after their request was sent: nginx's 502 for a POST (issue 37's CI run).
+    The draining server serves them; gevent's own resets them (the test's other half shows it)."""
+    import socket
+
+    import gevent
+    from gevent import socket as gevent_socket
+    from gevent.server import StreamServer
+
+    from service_kit.http.gunicorn_worker import DrainingStreamServer
+
+    def answer(connection, address):
+        if connection.recv(100):
+            connection.sendall(b"ok")
+        connection.close()
+
+    listener = gevent_socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server = (DrainingStreamServer if draining else StreamServer)(listener, handle=answer)
+    server.start()
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]  # queued: the loop never ran
+    for client in clients:
+        client.sendall(b"POST")
+        client.settimeout(5)
+    server.close()
+    gevent.sleep(0.2)
+    replies = []
+    for client in clients:
+        try:
+            replies.append(client.recv(10))
+        except OSError as error:  # reset
+            replies.append(type(error).__name__)
+        client.close()
+    assert (replies == [b"ok"] * 3) == draining, replies

@@ -9,9 +9,13 @@ worker, because `preload_app` stays off.
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc.experimental.gevent as grpc_gevent
+from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.http import wsgi
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 
@@ -79,6 +83,22 @@ class _NamedListener:
         return getattr(self._listener, attribute)
 
 
+class DrainingStreamServer(StreamServer):
+    """gevent's server, which on close() first accepts and serves every connection the kernel has
+    already queued. Closing a listener resets the connections waiting in its accept queue: nginx
+    had sent its request on one (a POST it never sends twice) and answered 502. On a graceful stop
+    the worker answers with `Connection: close`, so nginx opens new connections to it until it
+    stops listening: one in ~1,400 POSTs of a SIGTERMed compose replica was lost that way (35 ms,
+    a clean-clone CI run). What arrives after the last accept is refused, and nginx tries another."""
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                while (accepted := self.do_read()) is not None:
+                    self.do_handle(*accepted)
+        super().close()
+
+
 class GrpcGeventWorker(GeventWorker):
     _listener_names: dict[int, object] = {}
 
@@ -97,5 +117,7 @@ class GrpcGeventWorker(GeventWorker):
     def patch(self) -> None:
         super().patch()
         grpc_gevent.init_gevent()
-        # wsgi.create() makes each answer from the module's Response.
+        # wsgi.create() makes each answer from the module's Response; run() makes each listener's
+        # server from the module's StreamServer.
         wsgi.Response = OneSendResponse
+        ggevent.StreamServer = DrainingStreamServer
